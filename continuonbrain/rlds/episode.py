@@ -1,0 +1,437 @@
+"""In-memory RLDS episodes, stored by column.
+
+An :class:`Episode` keeps each step field as one array over time (``observation`` of shape
+``[T, D]``, ``reward`` of shape ``[T]``, ...) rather than a list of per-step objects. That is
+what makes reading fast (one ``np.asarray`` per field instead of one per step), what lets the
+window datasets slice ``[t0:t1]`` without copying step by step, and what makes validation a
+few vectorised checks. The RLDS view that people expect, ``episode.steps[i].observation``,
+is a cheap :class:`Sequence` over those columns.
+
+``observation`` and ``action`` are either one numeric array ``[T, ...]`` or a dict of named
+columns, each a numeric array ``[T, ...]`` or an :class:`ImageColumn` of lazily decoded
+images.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from continuonbrain.rlds.errors import RLDSError
+
+#: The control rate assumed when neither the step timestamps nor ``control_hz`` in the
+#: episode metadata say otherwise (the built-in simulators and the Pi logger run at 50 Hz).
+DEFAULT_CONTROL_HZ = 50.0
+
+
+class LazyImage:
+    """An encoded image (PNG or JPEG) decoded only when someone looks at its pixels.
+
+    Episodes with camera streams are mostly image bytes; decoding them all on read would
+    multiply memory by ~10 and waste time for consumers (validation of vector fields,
+    ``rlds info``, conversion) that never need pixels.
+    """
+
+    __slots__ = ("_data", "_path", "format")
+
+    def __init__(self, data: bytes | None = None, path: str | Path | None = None, format: str | None = None):
+        if data is None and path is None:
+            raise ValueError("LazyImage needs bytes or a path")
+        self._data = data
+        self._path = Path(path) if path is not None else None
+        self.format = format or (self._path.suffix.lstrip(".").lower() if self._path else None)
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    def encoded(self) -> bytes:
+        """The encoded bytes, read from disk if the image lives in a blob file."""
+        if self._data is not None:
+            return self._data
+        assert self._path is not None
+        try:
+            return self._path.read_bytes()
+        except OSError as exc:
+            raise RLDSError(f"image blob cannot be read: {exc.strerror or exc}", file=str(self._path)) from None
+
+    def decode(self) -> np.ndarray:
+        """Pixels as ``uint8 [H, W, C]``; raises :class:`RLDSError` when they do not decode."""
+        from PIL import Image, UnidentifiedImageError
+
+        data = self.encoded()
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                arr = np.asarray(img)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            raise RLDSError(f"image does not decode ({type(exc).__name__}: {exc})") from None
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        return arr
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LazyImage) and self.encoded() == other.encoded()
+
+    def __hash__(self) -> int:
+        return hash(self.encoded())
+
+    def __repr__(self) -> str:
+        where = str(self._path) if self._path else f"{len(self._data or b'')} bytes"
+        return f"LazyImage({where})"
+
+
+class ImageColumn(Sequence):
+    """One image feature over an episode: ``T`` lazily decoded images."""
+
+    def __init__(self, images: Sequence[LazyImage]):
+        self.images = list(images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return ImageColumn(self.images[index])
+        return self.images[index]
+
+    def decode(self) -> np.ndarray:
+        """All frames as ``uint8 [T, H, W, C]``."""
+        return np.stack([img.decode() for img in self.images]) if self.images else np.zeros((0, 0, 0, 0), np.uint8)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ImageColumn) and self.images == other.images
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+Column = Union[np.ndarray, ImageColumn]
+Features = Union[np.ndarray, dict[str, Column]]
+
+
+def features_len(features: Features) -> int:
+    if isinstance(features, dict):
+        return len(next(iter(features.values()))) if features else 0
+    return len(features)
+
+
+def features_take(features: Features, index: int | slice | np.ndarray) -> Any:
+    """Index every column of ``features`` the same way (one step, or a window)."""
+    if isinstance(features, dict):
+        return {k: v[index] for k, v in features.items()}
+    return features[index]
+
+
+def features_flat(features: Features, keys: Sequence[str] | None = None) -> np.ndarray:
+    """Numeric features as one float32 ``[T, D]`` matrix.
+
+    A vector is returned as is (flattened past the time axis); a dict has its numeric
+    columns concatenated in ``keys`` order (default: sorted names), images skipped. This is
+    how a model that wants a state vector sees a dict observation.
+    """
+    if not isinstance(features, dict):
+        arr = np.asarray(features, dtype=np.float32)
+        return arr.reshape(len(arr), -1)
+    names = list(keys) if keys is not None else sorted(k for k, v in features.items() if isinstance(v, np.ndarray))
+    parts = []
+    for name in names:
+        if name not in features:
+            raise RLDSError(f"feature {name!r} is not in this episode (has {sorted(features)})", field=name)
+        col = features[name]
+        if isinstance(col, ImageColumn):
+            raise RLDSError(f"feature {name!r} is an image, not a numeric array", field=name)
+        parts.append(np.asarray(col, dtype=np.float32).reshape(len(col), -1))
+    if not parts:
+        return np.zeros((features_len(features), 0), np.float32)
+    return np.concatenate(parts, axis=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One RLDS step, as a read-only view of an episode's columns at one index."""
+
+    observation: Any
+    action: Any
+    reward: float
+    discount: float
+    is_first: bool
+    is_last: bool
+    is_terminal: bool
+    language_instruction: str | None = None
+    step_metadata: Mapping[str, str] = field(default_factory=dict)
+    timestamp: float | None = None
+
+
+class StepsView(Sequence):
+    """``episode.steps``: steps built on demand from the columns."""
+
+    def __init__(self, episode: Episode):
+        self._ep = episode
+
+    def __len__(self) -> int:
+        return len(self._ep)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        ep = self._ep
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(ep)))]
+        n = len(ep)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(index)
+        return Step(
+            observation=features_take(ep.observation, index),
+            action=features_take(ep.action, index),
+            reward=float(ep.reward[index]),
+            discount=float(ep.discount[index]),
+            is_first=bool(ep.is_first[index]),
+            is_last=bool(ep.is_last[index]),
+            is_terminal=bool(ep.is_terminal[index]),
+            language_instruction=ep.language_instruction[index] if ep.language_instruction else None,
+            step_metadata=ep.step_metadata[index] if ep.step_metadata else {},
+            timestamp=float(ep.timestamp[index]) if ep.timestamp is not None else None,
+        )
+
+    def __iter__(self) -> Iterator[Step]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+@dataclass(eq=False)
+class Episode:
+    """An RLDS episode: step fields stored as columns over time, plus episode metadata.
+
+    ``source`` is where it was read from (for error messages and quarantine).
+    """
+
+    observation: Features
+    action: Features
+    reward: np.ndarray
+    discount: np.ndarray
+    is_first: np.ndarray
+    is_last: np.ndarray
+    is_terminal: np.ndarray
+    metadata: dict = field(default_factory=dict)
+    language_instruction: list[str | None] | None = None
+    step_metadata: list[dict[str, str]] | None = None
+    timestamp: np.ndarray | None = None
+    source: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.reward)
+
+    @property
+    def steps(self) -> StepsView:
+        return StepsView(self)
+
+    @property
+    def episode_id(self) -> str:
+        eid = self.metadata.get("episode_id")
+        if eid:
+            return str(eid)
+        return Path(self.source).name if self.source else "<unnamed>"
+
+    @property
+    def control_hz(self) -> float:
+        """The control rate: from step timestamps when present, else ``control_hz`` in the
+        metadata, else :data:`DEFAULT_CONTROL_HZ`. Used to turn window lengths in seconds
+        into steps."""
+        if self.timestamp is not None and len(self.timestamp) > 1:
+            dt = np.diff(self.timestamp)
+            dt = dt[dt > 0]
+            if len(dt):
+                return float(1.0 / np.median(dt))
+        hz = self.metadata.get("control_hz") or (self.metadata.get("capabilities") or {}).get("control_hz")
+        try:
+            hz = float(hz) if hz is not None else None
+        except (TypeError, ValueError):
+            hz = None
+        if hz is not None and math.isfinite(hz) and hz > 0:
+            return hz
+        return DEFAULT_CONTROL_HZ
+
+    @property
+    def is_imagined(self) -> bool:
+        origin = str((self.metadata.get("provenance") or {}).get("origin", ""))
+        return origin.startswith("imagined:") or "imagined" in (self.metadata.get("tags") or [])
+
+    def observation_vector(self, keys: Sequence[str] | None = None) -> np.ndarray:
+        return features_flat(self.observation, keys)
+
+    def action_vector(self, keys: Sequence[str] | None = None) -> np.ndarray:
+        return features_flat(self.action, keys)
+
+    @classmethod
+    def from_steps(
+        cls,
+        steps: Iterable[Mapping[str, Any] | Step],
+        metadata: Mapping[str, Any] | None = None,
+        source: str | None = None,
+    ) -> Episode:
+        """Build an episode from per-step records (dicts with RLDS field names, or Steps).
+
+        Missing ``is_first``/``is_last`` are inferred from position, missing ``reward`` is 0,
+        ``discount`` 1 and ``is_terminal`` is ``is_last``. Raises :class:`RLDSError` naming
+        the step and field when a field is missing or changes shape.
+        """
+        rows = [s if isinstance(s, Mapping) else _step_as_dict(s) for s in steps]
+        meta = dict(metadata or {})
+        eid = meta.get("episode_id")
+        try:
+            return cls._from_rows(rows, meta, source)
+        except RLDSError as err:
+            raise err.at(file=source, episode=eid) from None
+
+    @classmethod
+    def _from_rows(cls, rows: list[Mapping[str, Any]], meta: dict, source: str | None) -> Episode:
+        n = len(rows)
+        if n == 0:
+            raise RLDSError("episode has no steps", field="steps")
+        for name in ("observation", "action"):
+            for i, row in enumerate(rows):
+                if name not in row or row[name] is None:
+                    raise RLDSError(f"required field {name!r} is missing", step=i, field=name)
+        obs = stack_features([r["observation"] for r in rows], "observation")
+        act = stack_features([r["action"] for r in rows], "action")
+        reward = _scalar_column(rows, "reward", 0.0, np.float32)
+        discount = _scalar_column(rows, "discount", 1.0, np.float32)
+        pos = np.arange(n)
+        is_first = _bool_column(rows, "is_first", pos == 0)
+        is_last = _bool_column(rows, "is_last", pos == n - 1)
+        is_terminal = _bool_column(rows, "is_terminal", is_last)
+        lang = [r.get("language_instruction") for r in rows]
+        for i, text in enumerate(lang):
+            if text is not None and not isinstance(text, str):
+                raise RLDSError(f"must be a string, got {type(text).__name__}", step=i, field="language_instruction")
+        smeta = [r.get("step_metadata") or {} for r in rows]
+        for i, m in enumerate(smeta):
+            if not isinstance(m, Mapping):
+                raise RLDSError(f"must be a string map, got {type(m).__name__}", step=i, field="step_metadata")
+        ts = [r.get("timestamp") for r in rows]
+        timestamp = None
+        if any(t is not None for t in ts):
+            if any(t is None for t in ts):
+                i = next(i for i, t in enumerate(ts) if t is None)
+                raise RLDSError("timestamp missing on this step while other steps have one", step=i, field="timestamp")
+            timestamp = _scalar_column(rows, "timestamp", 0.0, np.float64)
+        return cls(
+            observation=obs,
+            action=act,
+            reward=reward,
+            discount=discount,
+            is_first=is_first,
+            is_last=is_last,
+            is_terminal=is_terminal,
+            metadata=meta,
+            language_instruction=lang if any(t is not None for t in lang) else None,
+            step_metadata=[{str(k): str(v) for k, v in m.items()} for m in smeta] if any(smeta) else None,
+            timestamp=timestamp,
+            source=source,
+        )
+
+
+def _step_as_dict(step: Step) -> dict[str, Any]:
+    return {f: getattr(step, f) for f in Step.__dataclass_fields__}
+
+
+def _scalar_column(rows: list[Mapping[str, Any]], name: str, default: float, dtype: type) -> np.ndarray:
+    values = [r.get(name, default) for r in rows]
+    try:
+        arr = np.asarray([default if v is None else v for v in values], dtype=dtype)
+    except (TypeError, ValueError):
+        for i, v in enumerate(values):
+            if v is not None and (isinstance(v, bool | str) or not isinstance(v, int | float | np.number)):
+                raise RLDSError(f"must be a number, got {type(v).__name__} {v!r:.40}", step=i, field=name) from None
+        raise RLDSError("must be numbers", field=name) from None
+    if arr.ndim != 1:
+        raise RLDSError(f"must be a scalar per step, got shape {arr.shape[1:]}", field=name)
+    return arr
+
+
+def _bool_column(rows: list[Mapping[str, Any]], name: str, default: np.ndarray) -> np.ndarray:
+    out = np.array(default, dtype=bool, copy=True)
+    for i, r in enumerate(rows):
+        v = r.get(name)
+        if v is None:
+            continue
+        if isinstance(v, bool | np.bool_) or (isinstance(v, int | np.integer) and v in (0, 1)):
+            out[i] = bool(v)
+        else:
+            raise RLDSError(f"must be a boolean, got {type(v).__name__} {v!r:.40}", step=i, field=name)
+    return out
+
+
+def stack_features(values: list[Any], name: str) -> Features:
+    """Stack per-step observation/action values into columns.
+
+    A value is a number, a (nested) list or array of numbers, a :class:`LazyImage`, or a
+    dict of those (one level of names, nested dicts flattened with ``/``). All steps must
+    agree on the keys and shapes; the first step that does not is named in the error.
+    """
+    first = values[0]
+    if isinstance(first, Mapping):
+        keys = list(_flatten_keys(first))
+        flat_rows = []
+        for i, v in enumerate(values):
+            if not isinstance(v, Mapping):
+                raise RLDSError(f"expected a dict like step 0, got {type(v).__name__}", step=i, field=name)
+            flat = _flatten_keys(v)
+            if list(flat) != keys and set(flat) != set(keys):
+                missing = sorted(set(keys) - set(flat))
+                added = sorted(set(flat) - set(keys))
+                raise RLDSError(
+                    f"keys differ from step 0 (missing {missing}, unexpected {added})", step=i, field=name
+                )
+            flat_rows.append(flat)
+        return {k: _stack_column([r[k] for r in flat_rows], f"{name}.{k}") for k in keys}
+    return _stack_column(values, name)
+
+
+def _flatten_keys(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten_keys(v, key + "/"))
+        else:
+            out[key] = v
+    return out
+
+
+def _stack_column(values: list[Any], name: str) -> Column:
+    if isinstance(values[0], LazyImage):
+        for i, v in enumerate(values):
+            if not isinstance(v, LazyImage):
+                raise RLDSError(f"expected an image like step 0, got {type(v).__name__}", step=i, field=name)
+        return ImageColumn(values)
+    try:
+        arr = np.asarray(values)
+    except ValueError:
+        arr = None  # ragged: find the step below
+    if arr is None or arr.dtype == object:
+        shape0 = np.shape(values[0])
+        for i, v in enumerate(values):
+            try:
+                shape = np.shape(v)
+            except ValueError:
+                shape = None
+            if shape != shape0:
+                raise RLDSError(f"shape {shape} differs from step 0's {shape0}", step=i, field=name) from None
+        raise RLDSError("values are not numeric arrays", field=name)
+    if arr.dtype.kind not in "biuf":
+        for i, v in enumerate(values):
+            if np.asarray(v).dtype.kind not in "biuf":
+                raise RLDSError(f"must be numeric, got {np.asarray(v).dtype} value {v!r:.40}", step=i, field=name)
+        raise RLDSError(f"must be numeric, got dtype {arr.dtype}", field=name)
+    if arr.dtype.kind == "f" and arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
+    elif arr.dtype.kind in "iu" and arr.dtype.itemsize > 4 and name.split(".")[0] in ("observation", "action"):
+        arr = arr.astype(np.float32)
+    return arr

@@ -1,0 +1,166 @@
+"""One entry point for every RLDS layout: ``read_episodes(path)``.
+
+The layout is recognised from what ``path`` is:
+
+* a Continuon episode directory (``metadata.json`` and/or ``steps/*.jsonl``),
+* a single ``.json`` file (``{"steps": [...], "episode_metadata"|"metadata": {...}}``),
+* a single ``.jsonl`` file (one step per line),
+* a TFDS version directory (``dataset_info.json`` + ``features.json`` + shards),
+* a TFRecord shard (TFDS episode-per-Example, or the older step-per-Example layout),
+* any directory above those, walked in sorted order (for TFDS dataset directories that hold
+  several versions, only the newest version is read).
+
+Everything is streamed: one episode is in memory at a time. Bad episodes become
+:class:`EpisodeResult` objects carrying an :class:`RLDSError`; :func:`read_episodes` skips
+them (with a warning by default) so the good episodes beside a bad one are still used, and
+:func:`scan_episodes` hands them to ``rlds validate`` and quarantine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from continuonbrain.rlds.episode import Episode
+from continuonbrain.rlds.errors import RLDSError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpisodeResult:
+    """The outcome of reading one episode: either ``episode`` or ``error`` is set.
+
+    ``unit`` is the file or directory that holds exactly this episode when ``movable`` is
+    true (quarantine moves it); for a record inside a TFRecord shard ``unit`` is the shard,
+    ``movable`` is false and ``raw`` holds the record's bytes so quarantine can keep a copy.
+    """
+
+    key: str
+    unit: Path
+    episode: Episode | None = None
+    error: RLDSError | None = None
+    movable: bool = True
+    raw: bytes | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+OnError = Literal["raise", "warn", "skip"] | Callable[[RLDSError], None]
+
+
+def read_episodes(
+    path: str | os.PathLike,
+    split: str | None = None,
+    *,
+    on_error: OnError = "warn",
+    validate: bool = True,
+    **options,
+) -> Iterator[Episode]:
+    """Yield the good episodes under ``path`` (see the module doc for the layouts).
+
+    ``on_error``: ``"warn"`` (default) logs each bad episode and goes on, ``"skip"`` goes on
+    silently, ``"raise"`` raises the first :class:`RLDSError`, a callable receives each
+    error. ``validate`` runs the content checks (NaN/Inf, timestamps, image decoding) of
+    :mod:`continuonbrain.rlds.validate` on every episode. ``options`` go to the readers
+    (``observation_key``/``action_key`` dotted paths for Continuon JSON, ``tfrecord_iter``
+    and ``example_parser`` hooks for TFRecord).
+    """
+    for result in scan_episodes(path, split, validate=validate, **options):
+        if result.error is None:
+            assert result.episode is not None
+            yield result.episode
+        elif on_error == "raise":
+            raise result.error
+        elif on_error == "warn":
+            log.warning("skipping bad episode: %s", result.error)
+        elif callable(on_error):
+            on_error(result.error)
+
+
+def scan_episodes(
+    path: str | os.PathLike, split: str | None = None, *, validate: bool = True, **options
+) -> Iterator[EpisodeResult]:
+    """Yield one :class:`EpisodeResult` per episode found under ``path``, good or bad."""
+    from continuonbrain.rlds.validate import check_episode
+
+    root = Path(path)
+    if not root.exists():
+        raise RLDSError("path does not exist", file=str(root))
+    for result in _scan(root, split, options):
+        if validate and result.episode is not None:
+            try:
+                check_episode(result.episode)
+            except RLDSError as err:
+                result = EpisodeResult(
+                    key=result.key,
+                    unit=result.unit,
+                    error=err.at(file=result.episode.source, episode=result.episode.episode_id),
+                    movable=result.movable,
+                    raw=result.raw,
+                )
+        yield result
+
+
+def _scan(path: Path, split: str | None, options: dict) -> Iterator[EpisodeResult]:
+    from continuonbrain.rlds import continuon, tfds
+
+    if path.is_file():
+        name = path.name
+        if tfds.is_tfrecord_path(path):
+            yield from tfds.scan_tfrecord_file(path, **_pick(options, tfds.TFRECORD_OPTIONS))
+        elif name.endswith(".json") and name not in continuon.NON_EPISODE_JSON:
+            yield continuon.scan_json_file(path, **_pick(options, continuon.OPTIONS))
+        elif name.endswith(".jsonl"):
+            if path.parent.name == "steps" and continuon.is_episode_dir(path.parent.parent):
+                yield continuon.scan_episode_dir(path.parent.parent, **_pick(options, continuon.OPTIONS))
+            else:
+                yield continuon.scan_jsonl_file(path, **_pick(options, continuon.OPTIONS))
+        else:
+            raise RLDSError("not an RLDS file (expected .json, .jsonl or a TFRecord shard)", file=str(path))
+        return
+    if continuon.is_episode_dir(path):
+        yield continuon.scan_episode_dir(path, **_pick(options, continuon.OPTIONS))
+        return
+    if tfds.is_tfds_dir(path):
+        yield from tfds.scan_tfds_dir(path, split=split, **_pick(options, tfds.TFRECORD_OPTIONS))
+        return
+    children = _children(path)
+    versions = [c for c in children if c.is_dir() and tfds.is_tfds_dir(c)]
+    if len(versions) > 1:
+        # A TFDS dataset/config dir with several versions: the newest one is the dataset.
+        newest = max(versions, key=lambda p: tfds.version_key(p.name))
+        children = [c for c in children if c not in versions or c == newest]
+    for child in children:
+        if child.is_dir() or _looks_like_episode_file(child):
+            yield from _scan(child, split, options)
+
+
+def _children(path: Path) -> list[Path]:
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError as exc:
+        raise RLDSError(f"directory cannot be listed: {exc.strerror or exc}", file=str(path)) from None
+    return [Path(e.path) for e in entries if not e.name.startswith(".") and e.name not in _SKIP_DIRS]
+
+
+_SKIP_DIRS = {"blobs", "__pycache__", "quarantine"}
+
+
+def _looks_like_episode_file(path: Path) -> bool:
+    from continuonbrain.rlds import continuon, tfds
+
+    name = path.name
+    if name in continuon.NON_EPISODE_JSON or name == "reason.txt":
+        return False
+    return name.endswith((".json", ".jsonl")) or tfds.is_tfrecord_path(path)
+
+
+def _pick(options: dict, allowed: tuple[str, ...]) -> dict:
+    return {k: v for k, v in options.items() if k in allowed}
