@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -111,8 +111,8 @@ class ImageColumn(Sequence):
     __hash__ = None  # type: ignore[assignment]
 
 
-Column = Union[np.ndarray, ImageColumn]
-Features = Union[np.ndarray, dict[str, Column]]
+Column = np.ndarray | ImageColumn
+Features = np.ndarray | dict[str, Column]
 
 
 def features_len(features: Features) -> int:
@@ -386,9 +386,7 @@ def stack_features(values: list[Any], name: str) -> Features:
             if list(flat) != keys and set(flat) != set(keys):
                 missing = sorted(set(keys) - set(flat))
                 added = sorted(set(flat) - set(keys))
-                raise RLDSError(
-                    f"keys differ from step 0 (missing {missing}, unexpected {added})", step=i, field=name
-                )
+                raise RLDSError(f"keys differ from step 0 (missing {missing}, unexpected {added})", step=i, field=name)
             flat_rows.append(flat)
         return {k: _stack_column([r[k] for r in flat_rows], f"{name}.{k}") for k in keys}
     return _stack_column(values, name)
@@ -415,23 +413,30 @@ def _stack_column(values: list[Any], name: str) -> Column:
         arr = np.asarray(values)
     except ValueError:
         arr = None  # ragged: find the step below
-    if arr is None or arr.dtype == object:
-        shape0 = np.shape(values[0])
+    if arr is None or arr.dtype.kind not in "biuf":
+        shape0 = None if arr is None else arr.shape[1:]
         for i, v in enumerate(values):
             try:
-                shape = np.shape(v)
+                item = np.asarray(v)
             except ValueError:
-                shape = None
-            if shape != shape0:
-                raise RLDSError(f"shape {shape} differs from step 0's {shape0}", step=i, field=name) from None
-        raise RLDSError("values are not numeric arrays", field=name)
-    if arr.dtype.kind not in "biuf":
-        for i, v in enumerate(values):
-            if np.asarray(v).dtype.kind not in "biuf":
-                raise RLDSError(f"must be numeric, got {np.asarray(v).dtype} value {v!r:.40}", step=i, field=name)
-        raise RLDSError(f"must be numeric, got dtype {arr.dtype}", field=name)
-    if arr.dtype.kind == "f" and arr.dtype != np.float32:
-        arr = arr.astype(np.float32)
-    elif arr.dtype.kind in "iu" and arr.dtype.itemsize > 4 and name.split(".")[0] in ("observation", "action"):
+                raise RLDSError("ragged nested lists", step=i, field=name) from None
+            shape0 = item.shape if shape0 is None else shape0
+            if item.shape != shape0:
+                raise RLDSError(f"shape {item.shape} differs from step 0's {shape0}", step=i, field=name)
+            if item.dtype.kind not in "biuf":
+                raise RLDSError(f"must be numeric, got {_describe(v)}", step=i, field=name)
+        raise RLDSError(f"must be numeric, got dtype {arr.dtype if arr is not None else 'mixed'}", field=name)
+    if (arr.dtype.kind == "f" and arr.dtype != np.float32) or (
+        arr.dtype.kind in "iu" and arr.dtype.itemsize > 4 and name.split(".")[0] in ("observation", "action")
+    ):
         arr = arr.astype(np.float32)
     return arr
+
+
+def _describe(value: Any) -> str:
+    """Name a non-numeric value; JSON ``null`` usually is a NaN/Inf that orjson or JS wrote."""
+    flat = np.asarray(value, dtype=object).ravel()
+    if any(x is None for x in flat):
+        return "null (NaN or Inf written as JSON null?)"
+    bad = next((x for x in flat if not isinstance(x, int | float | np.number)), value)
+    return f"{type(bad).__name__} value {bad!r:.40}"

@@ -9,7 +9,7 @@ never show a traceback for bad data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -27,7 +27,6 @@ class RLDSError(Exception):
     step: int | None = None
     field: str | None = None
     line: int | None = None
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__init__(self.message)

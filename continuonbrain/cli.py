@@ -1,0 +1,180 @@
+"""The ``continuonbrain`` command: parses arguments and dispatches, nothing more.
+
+Exit codes: 0 success; 1 the command ran but found a problem (bad episodes, a rejected
+promotion); 2 the command could not run (bad arguments, a path that does not exist).
+Bad data is reported as one line per problem, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from continuonbrain.rlds.errors import RLDSError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=None, default=str) + "\n")
+
+
+# --- rlds ----------------------------------------------------------------------------------
+
+
+def cmd_rlds_validate(args: argparse.Namespace) -> int:
+    from continuonbrain.rlds.validate import validate_path
+
+    report = validate_path(args.path, quarantine_dir=args.quarantine, upload=args.upload)
+    if args.json:
+        _print_json(report.to_json(upload=args.upload))
+    else:
+        for err in report.errors:
+            print(f"BAD  {err['error']}")
+        for item in report.not_upload_ready:
+            print(f"NOT UPLOAD-READY  episode {item['episode']}: {'; '.join(item['problems'])}")
+        for dest in report.quarantined:
+            print(f"quarantined -> {dest}")
+        print(f"{report.episodes_ok} episodes ok ({report.steps_ok} steps), {report.episodes_bad} bad")
+    bad = report.episodes_bad or (args.upload and report.not_upload_ready)
+    return 1 if bad else 0
+
+
+def cmd_rlds_info(args: argparse.Namespace) -> int:
+    from continuonbrain.rlds.reader import read_episodes
+    from continuonbrain.rlds.validate import summarize
+
+    errors: list[str] = []
+    info = summarize(read_episodes(args.path, args.split, on_error=lambda e: errors.append(str(e))))
+    info["episodes_bad"] = len(errors)
+    info["errors"] = errors
+    if args.json:
+        _print_json(info)
+        return 0
+    print(f"{args.path}")
+    print(f"  episodes: {info['episodes']} ok, {len(errors)} bad; steps: {info['steps']}")
+    print(f"  duration: {info['duration_s']:.1f} s at {info['control_hz']} Hz")
+    print(f"  observation: {json.dumps(info['observation'])}")
+    print(f"  action: {json.dumps(info['action'])}")
+    print(f"  origins: {info['origins']}; imagined episodes: {info['imagined_episodes']}")
+    for e in errors:
+        print(f"  BAD {e}")
+    return 0
+
+
+def cmd_rlds_convert(args: argparse.Namespace) -> int:
+    from continuonbrain.rlds.writer import convert
+
+    report = convert(args.src, args.dst, args.format, for_upload=args.for_upload)
+    for e in report["errors"]:
+        print(f"skipped bad episode: {e}", file=sys.stderr)
+    for item in report["not_upload_ready"]:
+        print(f"skipped, not upload-ready: {item['episode']}: {'; '.join(item['problems'])}", file=sys.stderr)
+    print(f"wrote {report['written']} episodes ({report['steps']} steps) to {args.dst} as {args.format}")
+    return 1 if report["errors"] else 0
+
+
+def cmd_rlds_schema(args: argparse.Namespace) -> int:
+    from continuonbrain.rlds.schema import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# --- sim -----------------------------------------------------------------------------------
+
+
+def cmd_sim_collect(args: argparse.Namespace) -> int:
+    from continuonbrain.sim.collect import collect_to_dir
+
+    summary = collect_to_dir(
+        args.env, args.episodes, args.out, format=args.format, seed=args.seed, dart_sigma=args.dart_sigma
+    )
+    if args.json:
+        _print_json(summary)
+    else:
+        print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="continuonbrain", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    rlds = sub.add_parser("rlds", help="read, validate and convert RLDS episodes").add_subparsers(
+        dest="rlds_command", required=True
+    )
+    p = rlds.add_parser("validate", help="check every episode under PATH")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quarantine", metavar="DIR", help="move bad episodes here with a reason.txt")
+    p.add_argument("--upload", action="store_true", help="also report episodes not ready for sharing")
+    p.set_defaults(func=cmd_rlds_validate)
+
+    p = rlds.add_parser("info", help="summarize the episodes under PATH")
+    p.add_argument("path")
+    p.add_argument("--split", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rlds_info)
+
+    p = rlds.add_parser("convert", help="convert episodes to another layout")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--format", choices=["continuon", "tfds"], required=True)
+    p.add_argument("--for-upload", action="store_true", help="only upload-ready episodes, owner block stripped")
+    p.set_defaults(func=cmd_rlds_convert)
+
+    p = rlds.add_parser("schema", help="print the episode JSON Schema")
+    p.add_argument("--out", help="write it to this file instead")
+    p.set_defaults(func=cmd_rlds_schema)
+
+    sim = sub.add_parser("sim", help="built-in simulators").add_subparsers(dest="sim_command", required=True)
+    p = sim.add_parser("collect", help="record expert episodes as RLDS")
+    p.add_argument("--env", required=True, help="reach2d, track2d, or a gymnasium id")
+    p.add_argument("--episodes", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=["continuon", "tfds"], default="continuon")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dart-sigma", type=float, default=0.0, help="noise on executed actions (DART)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sim_collect)
+
+    p = sub.add_parser("demo", help="run the whole loop on the built-in defaults")
+    p.add_argument("--workdir", default=".demo", help="where data, models and runs go")
+    p.add_argument("--no-serve", action="store_true", help="stop after the summary")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from continuonbrain.demo import run_demo
+
+    return run_demo(Path(args.workdir), serve=not args.no_serve)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args) or 0)
+    except RLDSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

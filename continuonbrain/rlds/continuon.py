@@ -1,0 +1,349 @@
+"""The Continuon JSON layouts: episode directories, single ``.json`` and ``.jsonl`` files.
+
+Layout v1.1 (what the XR app and the Pi logger write)::
+
+    <episode_dir>/metadata.json          episode metadata (see schema.EpisodeMetadata)
+    <episode_dir>/steps/000000.jsonl     one step per line (more chunks: 000001.jsonl, ...)
+    <episode_dir>/blobs/...              encoded images referenced from steps
+
+A step line is ``{"observation": ..., "action": ..., "reward": .., "discount": ..,
+"is_first": .., "is_last": .., "is_terminal": .., "language_instruction": ..,
+"step_metadata": {..}, "timestamp_ns": ..}``. ``observation`` and ``action`` are a numeric
+vector or a dict of named numeric arrays; inside such a dict a string value is an image blob
+path relative to the episode directory, and ``{"b64": "...", "format": "png"}`` an inline
+image. Older logs use ``obs`` instead of ``observation``; Continuon steps may omit
+``is_first``/``is_last`` (inferred from position). Where the app nests the command deeper
+(``{"action": {"command": [...]}}``), pass ``action_key="action.command"``.
+
+Timestamps may be given as ``timestamp`` (seconds), ``timestamp_s``, ``timestamp_ns`` or
+``step_metadata.timestamp_ns``; they become the episode's ``timestamp`` column in seconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from continuonbrain.rlds.episode import Episode, ImageColumn, LazyImage
+from continuonbrain.rlds.errors import RLDSError
+from continuonbrain.rlds.reader import EpisodeResult
+
+#: Options the dispatcher passes through to these readers.
+OPTIONS = ("observation_key", "action_key")
+#: JSON files that live beside episodes but are not episodes themselves.
+NON_EPISODE_JSON = {"metadata.json", "dataset_info.json", "features.json", "manifest.json", "status.json"}
+
+STEP_KEYS = (
+    "observation", "action", "reward", "discount", "is_first", "is_last", "is_terminal",
+    "language_instruction", "step_metadata", "timestamp",
+)  # fmt: skip
+
+
+def is_episode_dir(path: Path) -> bool:
+    return (path / "metadata.json").is_file() or (path / "steps").is_dir()
+
+
+def scan_episode_dir(path: Path, observation_key: str = "observation", action_key: str = "action") -> EpisodeResult:
+    """Read one Continuon episode directory into an :class:`EpisodeResult`."""
+    try:
+        meta = _load_metadata(path / "metadata.json")
+        eid = str(meta.get("episode_id") or path.name)
+        chunks = sorted((path / "steps").glob("*.jsonl")) if (path / "steps").is_dir() else []
+        if not chunks:
+            raise RLDSError("episode has no steps/*.jsonl files", file=str(path), episode=eid, field="steps")
+        rows: list[Any] = []
+        for chunk in chunks:
+            rows.extend(_parse_jsonl(chunk, eid))
+        episode = _episode_from_rows(rows, meta, path, str(path), eid, observation_key, action_key, chunks)
+        return EpisodeResult(key=eid, unit=path, episode=episode)
+    except RLDSError as err:
+        return EpisodeResult(key=path.name, unit=path, error=err.at(file=str(path), episode=path.name))
+
+
+def scan_jsonl_file(path: Path, observation_key: str = "observation", action_key: str = "action") -> EpisodeResult:
+    """Read a single ``.jsonl`` file (one step per line) as one episode named by its file."""
+    eid = path.stem
+    try:
+        rows = _parse_jsonl(path, eid)
+        episode = _episode_from_rows(
+            rows, {"episode_id": eid}, path.parent, str(path), eid, observation_key, action_key
+        )
+        return EpisodeResult(key=eid, unit=path, episode=episode)
+    except RLDSError as err:
+        return EpisodeResult(key=eid, unit=path, error=err.at(file=str(path), episode=eid))
+
+
+def scan_json_file(path: Path, observation_key: str = "observation", action_key: str = "action") -> EpisodeResult:
+    """Read a single ``.json`` episode: ``{"steps": [...], "episode_metadata": {...}}``."""
+    eid = path.stem
+    try:
+        doc = _loads(_read_bytes(path), str(path))
+        if not isinstance(doc, Mapping):
+            raise RLDSError(f"expected a JSON object with 'steps', got {type(doc).__name__}", field="steps")
+        if "steps" not in doc:
+            raise RLDSError("required field 'steps' is missing", field="steps")
+        steps = doc["steps"]
+        if not isinstance(steps, list):
+            raise RLDSError(f"must be a list of steps, got {type(steps).__name__}", field="steps")
+        meta = doc.get("episode_metadata", doc.get("metadata")) or {}
+        if not isinstance(meta, Mapping):
+            raise RLDSError(f"must be an object, got {type(meta).__name__}", field="episode_metadata")
+        meta = {"episode_id": eid, **meta}
+        eid = str(meta["episode_id"])
+        episode = _episode_from_rows(steps, meta, path.parent, str(path), eid, observation_key, action_key)
+        return EpisodeResult(key=eid, unit=path, episode=episode)
+    except RLDSError as err:
+        return EpisodeResult(key=eid, unit=path, error=err.at(file=str(path), episode=eid))
+
+
+# --- parsing -----------------------------------------------------------------------------
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise RLDSError(f"cannot be read: {exc.strerror or exc}", file=str(path)) from None
+
+
+def _loads(data: bytes, file: str, line: int | None = None) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        # Python's json module writes NaN/Infinity tokens, which orjson (strict JSON) rejects;
+        # parse those with the stdlib so the NaN check can name the step and field.
+        try:
+            return json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            pass
+        if line is None and exc.pos is not None:
+            line = data.count(b"\n", 0, exc.pos) + 1
+        raise RLDSError(f"malformed JSON: {exc.msg}", file=file, line=line) from None
+
+
+def _load_metadata(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    meta = _loads(_read_bytes(path), str(path))
+    if not isinstance(meta, dict):
+        raise RLDSError(f"metadata must be a JSON object, got {type(meta).__name__}", file=str(path), field="metadata")
+    return meta
+
+
+def _parse_jsonl(path: Path, eid: str) -> list[Any]:
+    """Parse a JSONL file in one pass; on failure, find and name the bad line."""
+    data = _read_bytes(path)
+    lines = [ln for ln in data.splitlines() if ln.strip()]
+    try:
+        return orjson.loads(b"[" + b",".join(lines) + b"]")
+    except orjson.JSONDecodeError:
+        pass
+    rows = []
+    for lineno, raw in enumerate(data.splitlines(), start=1):
+        if raw.strip():
+            rows.append(_loads(raw, str(path), line=lineno))
+    return rows  # pragma: no cover - the joined parse only fails when a line does
+
+
+def _get_path(row: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = row
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _episode_from_rows(
+    rows: list[Any],
+    meta: dict,
+    base: Path,
+    source: str,
+    eid: str,
+    observation_key: str,
+    action_key: str,
+    chunks: list[Path] | None = None,
+) -> Episode:
+    steps = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise RLDSError(f"a step must be a JSON object, got {type(row).__name__}", step=i, episode=eid)
+        obs = _get_path(row, observation_key)
+        if obs is None and observation_key == "observation":
+            obs = row.get("obs")
+        act = _get_path(row, action_key)
+        if obs is None:
+            raise RLDSError("required field is missing", step=i, field=observation_key, episode=eid)
+        if act is None:
+            raise RLDSError("required field is missing", step=i, field=action_key, episode=eid)
+        step = {k: row[k] for k in STEP_KEYS if k in row}
+        step["observation"] = _resolve_images(obs, base, i, "observation") if isinstance(obs, Mapping) else obs
+        step["action"] = act
+        step["timestamp"] = _timestamp(row, i)
+        steps.append(step)
+    return Episode.from_steps(steps, meta, source=source)
+
+
+def _timestamp(row: Mapping[str, Any], i: int) -> float | None:
+    for key, scale in (("timestamp", 1.0), ("timestamp_s", 1.0), ("timestamp_ns", 1e-9)):
+        if key in row and row[key] is not None:
+            return _number(row[key], i, key) * scale
+    sm = row.get("step_metadata")
+    if isinstance(sm, Mapping) and sm.get("timestamp_ns") is not None:
+        return _number(sm["timestamp_ns"], i, "step_metadata.timestamp_ns") * 1e-9
+    return None
+
+
+def _number(value: Any, i: int, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise RLDSError(f"must be a number, got {type(value).__name__}", step=i, field=name)
+    try:
+        return float(value)
+    except ValueError:
+        raise RLDSError(f"must be a number, got {value!r:.40}", step=i, field=name) from None
+
+
+def _resolve_images(obs: Mapping[str, Any], base: Path, i: int, prefix: str) -> dict[str, Any]:
+    """Turn blob references and inline base64 images into :class:`LazyImage` values."""
+    out: dict[str, Any] = {}
+    for key, value in obs.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, str):
+            try:
+                blob = (base / value).resolve()
+            except (ValueError, OSError):
+                raise RLDSError(f"blob path {value!r:.60} is not a valid path", step=i, field=name) from None
+            if not value or not blob.is_relative_to(base.resolve()) or blob == base.resolve():
+                raise RLDSError(f"blob path {value!r} leaves the episode directory", step=i, field=name)
+            out[key] = LazyImage(path=blob)
+        elif isinstance(value, Mapping) and "b64" in value:
+            try:
+                data = base64.b64decode(value["b64"], validate=True)
+            except (binascii.Error, TypeError, ValueError):
+                raise RLDSError("inline image is not valid base64", step=i, field=name) from None
+            out[key] = LazyImage(data=data, format=value.get("format"))
+        elif isinstance(value, Mapping):
+            out[key] = _resolve_images(value, base, i, name)
+        else:
+            out[key] = value
+    return out
+
+
+# --- writing -----------------------------------------------------------------------------
+
+
+def write_continuon(episodes: Iterable[Episode], out: Path, steps_per_chunk: int = 0) -> list[Path]:
+    """Write each episode as ``<out>/<episode_id>/`` in the Continuon v1.1 layout.
+
+    Each episode directory is written under a temporary name and renamed into place, so a
+    crash never leaves a half-written episode that looks complete. Images are written as
+    blob files under ``blobs/``. ``steps_per_chunk`` > 0 splits long episodes into several
+    ``steps/NNNNNN.jsonl`` chunks. An episode that fails :func:`check_episode` raises
+    :class:`RLDSError` before anything of it is written.
+    """
+    from continuonbrain.rlds.validate import check_episode
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for n, ep in enumerate(episodes):
+        # JSON has no NaN: orjson would silently write null. Refuse bad episodes instead.
+        check_episode(ep)
+        eid = _safe_name(ep.metadata.get("episode_id") or f"episode_{n:06d}")
+        final = out / eid
+        tmp = Path(tempfile.mkdtemp(prefix=f".{eid}.", dir=out))
+        try:
+            _write_episode_dir(ep, tmp, eid, steps_per_chunk)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        written.append(final)
+    return written
+
+
+def _safe_name(name: object) -> str:
+    text = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)).strip(".")
+    return text or "episode"
+
+
+def _write_episode_dir(ep: Episode, path: Path, eid: str, steps_per_chunk: int) -> None:
+    (path / "steps").mkdir()
+    meta = {"schema_version": "1.1", **ep.metadata}
+    if not meta.get("episode_id"):
+        meta["episode_id"] = eid
+    (path / "metadata.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    obs = _jsonable_features(ep.observation, path, "observation")
+    act = _jsonable_features(ep.action, path, "action")
+    n = len(ep)
+    chunk = steps_per_chunk or n
+    for c, start in enumerate(range(0, n, chunk)):
+        lines = []
+        for i in range(start, min(n, start + chunk)):
+            row: dict[str, Any] = {
+                "observation": _take(obs, i),
+                "action": _take(act, i),
+                "reward": float(ep.reward[i]),
+                "discount": float(ep.discount[i]),
+                "is_first": bool(ep.is_first[i]),
+                "is_last": bool(ep.is_last[i]),
+                "is_terminal": bool(ep.is_terminal[i]),
+            }
+            if ep.language_instruction and ep.language_instruction[i] is not None:
+                row["language_instruction"] = ep.language_instruction[i]
+            if ep.step_metadata and ep.step_metadata[i]:
+                row["step_metadata"] = ep.step_metadata[i]
+            if ep.timestamp is not None:
+                row["timestamp"] = float(ep.timestamp[i])
+            lines.append(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY))
+        (path / "steps" / f"{c:06d}.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+
+
+def _jsonable_features(features: Any, path: Path, name: str) -> Any:
+    """Columns ready for per-step JSON: arrays as nested lists, images as blob paths."""
+    if not isinstance(features, dict):
+        return np.asarray(features).tolist()
+    out = {}
+    for key, col in features.items():
+        if isinstance(col, ImageColumn):
+            blob_dir = path / "blobs" / _safe_name(f"{name}.{key}")
+            blob_dir.mkdir(parents=True)
+            refs = []
+            for i, img in enumerate(col):
+                ext = img.format or "png"
+                blob = blob_dir / f"{i:06d}.{'jpg' if ext == 'jpeg' else ext}"
+                blob.write_bytes(img.encoded())
+                refs.append(str(blob.relative_to(path)))
+            out[key] = refs
+        else:
+            out[key] = np.asarray(col).tolist()
+    return out
+
+
+def _take(features: Any, i: int) -> Any:
+    if isinstance(features, dict):
+        return _nest({k: v[i] for k, v in features.items()})
+    return features[i]
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """Undo the ``a/b`` flattening of nested observation dicts."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out

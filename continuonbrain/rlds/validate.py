@@ -1,0 +1,241 @@
+"""Content checks on episodes, the ``rlds validate`` report, and quarantine.
+
+The readers already reject what cannot be parsed (bad JSON, CRC mismatches, ragged shapes,
+wrong types). :func:`check_episode` adds what parses but must not reach a trainer: NaN or
+Inf values, timestamps that go backwards, ``is_first``/``is_last`` flags that contradict
+their position (two episodes glued together), images that do not decode, metadata that
+breaks the schema.
+
+Quarantine *moves* a bad episode out of the data directory (never deletes it) and writes a
+``reason.txt`` beside it, so nothing recorded on the robot is lost and a person can fix and
+put it back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from continuonbrain.rlds.episode import Episode, Features, ImageColumn
+from continuonbrain.rlds.errors import RLDSError
+from continuonbrain.rlds.reader import EpisodeResult, scan_episodes
+from continuonbrain.rlds.schema import check_metadata, upload_problems
+
+
+def check_episode(episode: Episode, decode_images: bool = False) -> None:
+    """Raise :class:`RLDSError` (naming step and field) for the first content problem.
+
+    Images: the header is always checked (cheap); ``decode_images=True`` decodes every
+    frame, which ``rlds validate`` does and the training read path does not.
+    """
+    check_metadata(episode.metadata)
+    n = len(episode)
+    if n == 0:
+        raise RLDSError("episode has no steps", field="steps")
+    _check_features(episode.observation, "observation", decode_images)
+    _check_features(episode.action, "action", decode_images)
+    _check_finite(episode.reward, "reward")
+    _check_finite(episode.discount, "discount")
+    if not episode.is_first[0]:
+        raise RLDSError("the first step must have is_first=true", step=0, field="is_first")
+    extra_first = np.flatnonzero(episode.is_first[1:])
+    if len(extra_first):
+        raise RLDSError("is_first=true after the first step", step=int(extra_first[0]) + 1, field="is_first")
+    if not episode.is_last[-1]:
+        raise RLDSError("the last step must have is_last=true", step=n - 1, field="is_last")
+    early_last = np.flatnonzero(episode.is_last[:-1])
+    if len(early_last):
+        raise RLDSError("is_last=true before the last step", step=int(early_last[0]), field="is_last")
+    if episode.timestamp is not None:
+        _check_finite(episode.timestamp, "timestamp")
+        back = np.flatnonzero(np.diff(episode.timestamp) < 0)
+        if len(back):
+            i = int(back[0]) + 1
+            raise RLDSError(
+                f"timestamp goes backwards ({episode.timestamp[i]:.6f} s after {episode.timestamp[i - 1]:.6f} s)",
+                step=i,
+                field="timestamp",
+            )
+
+
+def _check_features(features: Features, name: str, decode_images: bool) -> None:
+    columns = features.items() if isinstance(features, dict) else [(None, features)]
+    for key, col in columns:
+        fname = name if key is None else f"{name}.{key}"
+        if isinstance(col, ImageColumn):
+            for i, img in enumerate(col):
+                try:
+                    img.decode() if decode_images else _check_image_header(img.encoded())
+                except RLDSError as err:
+                    raise err.at(step=i, field=fname) from None
+        else:
+            _check_finite(col, fname)
+
+
+def _check_image_header(data: bytes) -> None:
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise RLDSError(f"image does not decode ({type(exc).__name__}: {exc})") from None
+
+
+def _check_finite(arr: np.ndarray, name: str) -> None:
+    if arr.dtype.kind != "f":
+        return
+    finite = np.isfinite(arr)
+    if not finite.all():
+        bad = np.argwhere(~finite)[0]
+        value = arr[tuple(bad)]
+        where = f" at index {tuple(int(b) for b in bad[1:])}" if len(bad) > 1 else ""
+        raise RLDSError(f"value is {value}{where}", step=int(bad[0]), field=name)
+
+
+@dataclass
+class ValidationReport:
+    """What ``rlds validate`` prints; ``to_json`` is the DESIGN.md contract."""
+
+    episodes_ok: int = 0
+    episodes_bad: int = 0
+    steps_ok: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    not_upload_ready: list[dict[str, Any]] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+
+    def to_json(self, upload: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "episodes_ok": self.episodes_ok,
+            "episodes_bad": self.episodes_bad,
+            "steps_ok": self.steps_ok,
+            "errors": self.errors,
+            "quarantined": self.quarantined,
+        }
+        if upload:
+            out["not_upload_ready"] = self.not_upload_ready
+        return out
+
+
+def validate_path(
+    path: str | os.PathLike,
+    quarantine_dir: str | os.PathLike | None = None,
+    upload: bool = False,
+    decode_images: bool = True,
+    **options,
+) -> ValidationReport:
+    """Check every episode under ``path``; optionally quarantine the bad ones."""
+    report = ValidationReport()
+    pending: list[tuple[EpisodeResult, RLDSError]] = []
+    for result in scan_episodes(path, validate=False, **options):
+        error = result.error
+        if error is None:
+            assert result.episode is not None
+            try:
+                check_episode(result.episode, decode_images=decode_images)
+            except RLDSError as err:
+                error = err.at(file=result.episode.source, episode=result.episode.episode_id)
+        if error is None:
+            report.episodes_ok += 1
+            report.steps_ok += len(result.episode)  # type: ignore[arg-type]
+            if upload:
+                problems = upload_problems(result.episode.metadata)  # type: ignore[union-attr]
+                if problems:
+                    report.not_upload_ready.append({"episode": result.key, "problems": problems})
+            continue
+        report.episodes_bad += 1
+        report.errors.append({"episode": error.episode or result.key, "error": str(error), **error.to_dict()})
+        if quarantine_dir is not None:
+            pending.append((result, error))
+    # Move after the scan: moving while a directory is being walked would skip entries.
+    for result, error in pending:
+        report.quarantined.append(str(quarantine(result, error, Path(quarantine_dir))))  # type: ignore[arg-type]
+    return report
+
+
+def quarantine(result: EpisodeResult, error: RLDSError, qdir: Path) -> Path:
+    """Move the episode's file or directory into ``qdir`` with a ``reason.txt`` beside it.
+
+    Episode directories get ``reason.txt`` inside them; files get ``<name>.reason.txt``
+    next to them. A record inside a TFRecord shard cannot be moved without rewriting the
+    shard (which could lose the good records if interrupted): its raw bytes are copied to
+    ``<shard>.record-<n>.tfrecord`` and the shard is left in place; the readers skip the bad
+    record on every read anyway.
+    """
+    qdir.mkdir(parents=True, exist_ok=True)
+    reason = f"{error}\n"
+    if result.movable:
+        dest = _unique(qdir / result.unit.name)
+        shutil.move(str(result.unit), dest)
+        reason_file = dest / "reason.txt" if dest.is_dir() else dest.with_name(dest.name + ".reason.txt")
+    else:
+        from continuonbrain.rlds.tfrecord import write_records
+
+        dest = _unique(qdir / (result.key.replace("#", ".record-") + ".tfrecord"))
+        write_records(dest, [result.raw or b""])
+        reason_file = dest.with_name(dest.name + ".reason.txt")
+        reason += f"The shard {result.unit} was left in place; this is a copy of the bad record.\n"
+    reason_file.write_text(reason)
+    return dest
+
+
+def _unique(path: Path) -> Path:
+    if not path.exists():
+        return path
+    for n in range(1, 10_000):
+        candidate = path.with_name(f"{path.name}.{n}")
+        if not candidate.exists():
+            return candidate
+    raise RLDSError("quarantine is full of episodes with this name", file=str(path))
+
+
+def summarize(episodes: Iterable[Episode]) -> dict[str, Any]:
+    """``rlds info``: counts, rates, durations and the observation/action specs."""
+    info: dict[str, Any] = {
+        "episodes": 0,
+        "steps": 0,
+        "duration_s": 0.0,
+        "control_hz": set(),
+        "observation": None,
+        "action": None,
+        "imagined_episodes": 0,
+        "origins": {},
+        "language_instructions": 0,
+    }
+    for ep in episodes:
+        info["episodes"] += 1
+        info["steps"] += len(ep)
+        hz = ep.control_hz
+        info["control_hz"].add(round(hz, 3))
+        info["duration_s"] += len(ep) / hz
+        info["imagined_episodes"] += int(ep.is_imagined)
+        origin = str((ep.metadata.get("provenance") or {}).get("origin", "unknown"))
+        info["origins"][origin] = info["origins"].get(origin, 0) + 1
+        info["language_instructions"] += int(bool(ep.language_instruction))
+        if info["observation"] is None:
+            info["observation"] = _spec(ep.observation)
+            info["action"] = _spec(ep.action)
+    info["control_hz"] = sorted(info["control_hz"])
+    info["duration_s"] = round(info["duration_s"], 3)
+    return info
+
+
+def _spec(features: Features) -> Any:
+    if isinstance(features, dict):
+        return {k: _spec_column(v) for k, v in features.items()}
+    return _spec_column(features)
+
+
+def _spec_column(col: Any) -> dict[str, Any]:
+    if isinstance(col, ImageColumn):
+        shape = list(col[0].decode().shape) if len(col) else []
+        return {"type": "image", "shape": shape, "dtype": "uint8"}
+    return {"type": "tensor", "shape": list(col.shape[1:]), "dtype": str(col.dtype)}
