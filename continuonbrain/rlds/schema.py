@@ -24,7 +24,8 @@ from continuonbrain.rlds.errors import RLDSError
 
 SCHEMA_VERSION = "1.1"
 
-_Open = ConfigDict(extra="allow")
+# Strict: "yes" is not a boolean. The JSON Schema says so, and the reader must agree with it.
+_Open = ConfigDict(extra="allow", strict=True)
 
 Number = int | float
 NumericArray = Number | bool | list[Any]
