@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from continuonbrain.rlds.episode import Episode, ImageColumn, LazyImage
+from continuonbrain.rlds.episode import Episode, ImageColumn, LazyImage, has_none
 from continuonbrain.rlds.errors import RLDSError
 from continuonbrain.rlds.reader import EpisodeResult
 
@@ -43,10 +43,6 @@ OPTIONS = ("observation_key", "action_key")
 #: JSON files that live beside episodes but are not episodes themselves.
 NON_EPISODE_JSON = {"metadata.json", "dataset_info.json", "features.json", "manifest.json", "status.json"}
 
-STEP_KEYS = (
-    "observation", "action", "reward", "discount", "is_first", "is_last", "is_terminal",
-    "language_instruction", "step_metadata", "timestamp",
-)  # fmt: skip
 
 
 def is_episode_dir(path: Path) -> bool:
@@ -64,7 +60,7 @@ def scan_episode_dir(path: Path, observation_key: str = "observation", action_ke
         rows: list[Any] = []
         for chunk in chunks:
             rows.extend(_parse_jsonl(chunk, eid))
-        episode = _episode_from_rows(rows, meta, path, str(path), eid, observation_key, action_key, chunks)
+        episode = _episode_from_rows(rows, meta, path, str(path), eid, observation_key, action_key)
         return EpisodeResult(key=eid, unit=path, episode=episode)
     except RLDSError as err:
         return EpisodeResult(key=path.name, unit=path, error=err.at(file=str(path), episode=path.name))
@@ -172,36 +168,50 @@ def _episode_from_rows(
     eid: str,
     observation_key: str,
     action_key: str,
-    chunks: list[Path] | None = None,
 ) -> Episode:
-    steps = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, Mapping):
-            raise RLDSError(f"a step must be a JSON object, got {type(row).__name__}", step=i, episode=eid)
-        obs = _get_path(row, observation_key)
-        if obs is None and observation_key == "observation":
-            obs = row.get("obs")
-        act = _get_path(row, action_key)
-        if obs is None:
-            raise RLDSError("required field is missing", step=i, field=observation_key, episode=eid)
-        if act is None:
-            raise RLDSError("required field is missing", step=i, field=action_key, episode=eid)
-        step = {k: row[k] for k in STEP_KEYS if k in row}
-        step["observation"] = _resolve_images(obs, base, i, "observation") if isinstance(obs, Mapping) else obs
-        step["action"] = act
-        step["timestamp"] = _timestamp(row, i)
-        steps.append(step)
-    return Episode.from_steps(steps, meta, source=source)
+    """Pull the Continuon-specific parts out of the step records (key paths, the old
+    ``obs`` name, image references, timestamp spellings) and build the columns."""
+    if not set(map(type, rows)) <= {dict}:
+        i = next(i for i, r in enumerate(rows) if not isinstance(r, dict))
+        raise RLDSError(f"a step must be a JSON object, got {type(rows[i]).__name__}", step=i, episode=eid)
+    obs = _column(rows, observation_key)
+    if observation_key == "observation" and has_none(obs):
+        obs = [o if o is not None else r.get("obs") for o, r in zip(obs, rows, strict=True)]
+    act = _column(rows, action_key)
+    if obs and isinstance(obs[0], Mapping):
+        obs = [_resolve_images(o, base, i, "observation") if isinstance(o, Mapping) else o for i, o in enumerate(obs)]
+    try:
+        return Episode.from_rows(rows, meta, source, observations=obs, actions=act, timestamps=_timestamps(rows))
+    except RLDSError as err:
+        if err.field == "observation" and "missing" in err.message:
+            err.field = observation_key
+        elif err.field == "action" and "missing" in err.message:
+            err.field = action_key
+        raise err.at(episode=eid) from None
 
 
-def _timestamp(row: Mapping[str, Any], i: int) -> float | None:
+def _column(rows: list[dict], dotted: str) -> list[Any]:
+    if "." not in dotted:
+        return [r.get(dotted) for r in rows]
+    return [_get_path(r, dotted) for r in rows]
+
+
+def _timestamps(rows: list[dict]) -> list[Any]:
+    """The timestamp column in seconds, from whichever spelling the first step uses."""
+    first = rows[0] if rows else {}
     for key, scale in (("timestamp", 1.0), ("timestamp_s", 1.0), ("timestamp_ns", 1e-9)):
-        if key in row and row[key] is not None:
-            return _number(row[key], i, key) * scale
-    sm = row.get("step_metadata")
-    if isinstance(sm, Mapping) and sm.get("timestamp_ns") is not None:
-        return _number(sm["timestamp_ns"], i, "step_metadata.timestamp_ns") * 1e-9
-    return None
+        if key in first:
+            values = [r.get(key) for r in rows]
+            if scale == 1.0:
+                return values
+            return [v * scale if isinstance(v, int | float) and not isinstance(v, bool) else v for v in values]
+    sm = first.get("step_metadata")
+    if isinstance(sm, Mapping) and "timestamp_ns" in sm:
+        return [
+            _number((r.get("step_metadata") or {}).get("timestamp_ns"), i, "step_metadata.timestamp_ns") * 1e-9
+            for i, r in enumerate(rows)
+        ]
+    return [None] * len(rows)
 
 
 def _number(value: Any, i: int, name: str) -> float:
@@ -311,9 +321,10 @@ def _write_episode_dir(ep: Episode, path: Path, eid: str, steps_per_chunk: int) 
 
 
 def _jsonable_features(features: Any, path: Path, name: str) -> Any:
-    """Columns ready for per-step JSON: arrays as nested lists, images as blob paths."""
+    """Columns ready for per-step JSON: numeric arrays stay numpy (orjson writes float32 in
+    its shortest form, which is also faster to read back), images become blob paths."""
     if not isinstance(features, dict):
-        return np.asarray(features).tolist()
+        return np.asarray(features)
     out = {}
     for key, col in features.items():
         if isinstance(col, ImageColumn):
@@ -327,7 +338,7 @@ def _jsonable_features(features: Any, path: Path, name: str) -> Any:
                 refs.append(str(blob.relative_to(path)))
             out[key] = refs
         else:
-            out[key] = np.asarray(col).tolist()
+            out[key] = np.asarray(col)
     return out
 
 

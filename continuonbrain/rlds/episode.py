@@ -15,7 +15,9 @@ images.
 from __future__ import annotations
 
 import io
+import itertools
 import math
+import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,57 +284,69 @@ class Episode:
         the step and field when a field is missing or changes shape.
         """
         rows = [s if isinstance(s, Mapping) else _step_as_dict(s) for s in steps]
-        meta = dict(metadata or {})
-        eid = meta.get("episode_id")
-        try:
-            return cls._from_rows(rows, meta, source)
-        except RLDSError as err:
-            raise err.at(file=source, episode=eid) from None
+        return cls.from_rows(rows, metadata, source)
 
     @classmethod
-    def _from_rows(cls, rows: list[Mapping[str, Any]], meta: dict, source: str | None) -> Episode:
+    def from_rows(
+        cls,
+        rows: list[Mapping[str, Any]],
+        metadata: Mapping[str, Any] | None = None,
+        source: str | None = None,
+        **columns: list[Any],
+    ) -> Episode:
+        """:meth:`from_steps` for readers that hold a list of step dicts already; errors get
+        the file and episode filled in."""
+        meta = dict(metadata or {})
+        try:
+            return cls._from_rows(rows, meta, source, **columns)
+        except RLDSError as err:
+            raise err.at(file=source, episode=meta.get("episode_id")) from None
+
+    @classmethod
+    def _from_rows(
+        cls,
+        rows: list[Mapping[str, Any]],
+        meta: dict,
+        source: str | None,
+        observations: list[Any] | None = None,
+        actions: list[Any] | None = None,
+        timestamps: list[Any] | None = None,
+    ) -> Episode:
+        """Columns from step records. Readers that already pulled ``observations``,
+        ``actions`` or ``timestamps`` out of the records (other key names, image refs) pass
+        them in; every column is built with one comprehension and one ``np.asarray``, and
+        per-step loops only run to name the step of an error."""
         n = len(rows)
         if n == 0:
             raise RLDSError("episode has no steps", field="steps")
-        for name in ("observation", "action"):
-            for i, row in enumerate(rows):
-                if name not in row or row[name] is None:
-                    raise RLDSError(f"required field {name!r} is missing", step=i, field=name)
-        obs = stack_features([r["observation"] for r in rows], "observation")
-        act = stack_features([r["action"] for r in rows], "action")
-        reward = _scalar_column(rows, "reward", 0.0, np.float32)
-        discount = _scalar_column(rows, "discount", 1.0, np.float32)
+        if observations is None:
+            observations = [r.get("observation") for r in rows]
+        if actions is None:
+            actions = [r.get("action") for r in rows]
+        for name, values in (("observation", observations), ("action", actions)):
+            if has_none(values):
+                i = next(i for i, v in enumerate(values) if v is None)
+                raise RLDSError(f"required field {name!r} is missing", step=i, field=name)
         pos = np.arange(n)
-        is_first = _bool_column(rows, "is_first", pos == 0)
-        is_last = _bool_column(rows, "is_last", pos == n - 1)
-        is_terminal = _bool_column(rows, "is_terminal", is_last)
+        is_last = _bool_column([r.get("is_last") for r in rows], "is_last", pos == n - 1)
         lang = [r.get("language_instruction") for r in rows]
-        for i, text in enumerate(lang):
-            if text is not None and not isinstance(text, str):
-                raise RLDSError(f"must be a string, got {type(text).__name__}", step=i, field="language_instruction")
-        smeta = [r.get("step_metadata") or {} for r in rows]
-        for i, m in enumerate(smeta):
-            if not isinstance(m, Mapping):
-                raise RLDSError(f"must be a string map, got {type(m).__name__}", step=i, field="step_metadata")
-        ts = [r.get("timestamp") for r in rows]
-        timestamp = None
-        if any(t is not None for t in ts):
-            if any(t is None for t in ts):
-                i = next(i for i, t in enumerate(ts) if t is None)
-                raise RLDSError("timestamp missing on this step while other steps have one", step=i, field="timestamp")
-            timestamp = _scalar_column(rows, "timestamp", 0.0, np.float64)
+        if not set(map(type, lang)) <= {str, type(None)}:
+            i = next(i for i, t in enumerate(lang) if t is not None and not isinstance(t, str))
+            raise RLDSError(f"must be a string, got {type(lang[i]).__name__}", step=i, field="language_instruction")
+        if timestamps is None:
+            timestamps = [r.get("timestamp") for r in rows]
         return cls(
-            observation=obs,
-            action=act,
-            reward=reward,
-            discount=discount,
-            is_first=is_first,
+            observation=stack_features(observations, "observation"),
+            action=stack_features(actions, "action"),
+            reward=_scalar_column([r.get("reward") for r in rows], "reward", 0.0, np.float32),
+            discount=_scalar_column([r.get("discount") for r in rows], "discount", 1.0, np.float32),
+            is_first=_bool_column([r.get("is_first") for r in rows], "is_first", pos == 0),
             is_last=is_last,
-            is_terminal=is_terminal,
+            is_terminal=_bool_column([r.get("is_terminal") for r in rows], "is_terminal", is_last),
             metadata=meta,
-            language_instruction=lang if any(t is not None for t in lang) else None,
-            step_metadata=[{str(k): str(v) for k, v in m.items()} for m in smeta] if any(smeta) else None,
-            timestamp=timestamp,
+            language_instruction=None if all_none(lang) else lang,
+            step_metadata=_string_maps([r.get("step_metadata") for r in rows]),
+            timestamp=_timestamp_column(timestamps),
             source=source,
         )
 
@@ -341,31 +355,75 @@ def _step_as_dict(step: Step) -> dict[str, Any]:
     return {f: getattr(step, f) for f in Step.__dataclass_fields__}
 
 
-def _scalar_column(rows: list[Mapping[str, Any]], name: str, default: float, dtype: type) -> np.ndarray:
-    values = [r.get(name, default) for r in rows]
-    try:
-        arr = np.asarray([default if v is None else v for v in values], dtype=dtype)
-    except (TypeError, ValueError):
-        for i, v in enumerate(values):
-            if v is not None and (isinstance(v, bool | str) or not isinstance(v, int | float | np.number)):
-                raise RLDSError(f"must be a number, got {type(v).__name__} {v!r:.40}", step=i, field=name) from None
-        raise RLDSError("must be numbers", field=name) from None
-    if arr.ndim != 1:
-        raise RLDSError(f"must be a scalar per step, got shape {arr.shape[1:]}", field=name)
-    return arr
+def has_none(values: list[Any]) -> bool:
+    """``None in values`` without ``==`` (which numpy arrays answer elementwise), at C speed."""
+    return not all(map(operator.is_not, values, itertools.repeat(None)))
 
 
-def _bool_column(rows: list[Mapping[str, Any]], name: str, default: np.ndarray) -> np.ndarray:
-    out = np.array(default, dtype=bool, copy=True)
-    for i, r in enumerate(rows):
-        v = r.get(name)
-        if v is None:
-            continue
-        if isinstance(v, bool | np.bool_) or (isinstance(v, int | np.integer) and v in (0, 1)):
-            out[i] = bool(v)
-        else:
+def all_none(values: list[Any]) -> bool:
+    return all(map(operator.is_, values, itertools.repeat(None)))
+
+
+_NUMBER_TYPES = {int, float, type(None), np.float32, np.float64, np.int32, np.int64}
+_BOOL_TYPES = {bool, type(None), np.bool_}
+
+
+def _scalar_column(values: list[Any], name: str, default: float, dtype: type) -> np.ndarray:
+    if set(map(type, values)) <= _NUMBER_TYPES:
+        if has_none(values):
+            values = [default if v is None else v for v in values]
+        return np.asarray(values, dtype=dtype)
+    for i, v in enumerate(values):
+        if type(v) not in _NUMBER_TYPES:
+            raise RLDSError(f"must be a number, got {type(v).__name__} {v!r:.40}", step=i, field=name)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _bool_column(values: list[Any], name: str, default: np.ndarray) -> np.ndarray:
+    types = set(map(type, values))
+    if types == {type(None)}:
+        return np.array(default, dtype=bool, copy=True)
+    if types <= _BOOL_TYPES:
+        if type(None) in types:
+            return np.array([bool(d) if v is None else bool(v) for v, d in zip(values, default, strict=True)])
+        return np.asarray(values, dtype=bool)
+    for i, v in enumerate(values):
+        if type(v) not in _BOOL_TYPES:
             raise RLDSError(f"must be a boolean, got {type(v).__name__} {v!r:.40}", step=i, field=name)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _string_maps(values: list[Any]) -> list[dict[str, str]] | None:
+    """``step_metadata`` is a string map; scalar values are kept as their text."""
+    if all(not v for v in values):
+        return None
+    out = []
+    for i, m in enumerate(values):
+        if m is None:
+            m = {}
+        if not isinstance(m, Mapping):
+            raise RLDSError(f"must be a string map, got {type(m).__name__}", step=i, field="step_metadata")
+        for k, v in m.items():
+            if not isinstance(v, str | int | float | bool):
+                raise RLDSError(f"value must be a string, got {type(v).__name__}", step=i, field=f"step_metadata.{k}")
+        out.append({str(k): v if isinstance(v, str) else json_scalar(v) for k, v in m.items()})
     return out
+
+
+def json_scalar(value: Any) -> str:
+    """Text of a scalar as JSON writes it (``true``, ``3``, ``0.5``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _timestamp_column(values: list[Any]) -> np.ndarray | None:
+    if all_none(values):
+        return None
+    if has_none(values):
+        i = next(i for i, v in enumerate(values) if v is None)
+        raise RLDSError("timestamp missing on this step while other steps have one", step=i, field="timestamp")
+    return _scalar_column(values, "timestamp", 0.0, np.float64)
 
 
 def stack_features(values: list[Any], name: str) -> Features:
