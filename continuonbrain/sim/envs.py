@@ -108,7 +108,7 @@ class TwoLinkArmEnv(gym.Env[np.ndarray, np.ndarray]):
         self.observation_space = spaces.Box(low=-high, high=high, dtype=np.float32)
         self.action_space = spaces.Box(low=-1.0, high=1.0, shape=(2,), dtype=np.float32)
         self._q1 = self._q2 = self._dq1 = self._dq2 = 0.0
-        self._tx = self._ty = 0.0
+        self._tx = self._ty = self._px = self._py = 0.0
         self._t = 0
         self._dist_sum = 0.0
 
@@ -120,11 +120,17 @@ class TwoLinkArmEnv(gym.Env[np.ndarray, np.ndarray]):
         q12 = self._q1 + self._q2
         return l1 * math.cos(self._q1) + l2 * math.cos(q12), l1 * math.sin(self._q1) + l2 * math.sin(q12)
 
+    def _kinematics(self) -> float:
+        """Recompute the cached tip position after the joints moved; returns the distance."""
+        self._px, self._py = self.tip()
+        return math.hypot(self._px - self._tx, self._py - self._ty)
+
     @property
     def target(self) -> tuple[float, float]:
         return self._tx, self._ty
 
     def distance(self) -> float:
+        """Tip-to-target distance."""
         px, py = self.tip()
         return math.hypot(px - self._tx, py - self._ty)
 
@@ -139,7 +145,7 @@ class TwoLinkArmEnv(gym.Env[np.ndarray, np.ndarray]):
         self._q1 = float(rng.uniform(-math.pi, math.pi))
         self._q2 = float(rng.uniform(-2.6, 2.6))
         self._reset_target(rng)
-        d = self.distance()
+        d = self._kinematics()
         return self._obs(), self._info(d, success=False, tracking_error=d)
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -152,7 +158,7 @@ class TwoLinkArmEnv(gym.Env[np.ndarray, np.ndarray]):
         self._q2 = math.remainder(self._q2 + self._dq2 * self.dt, _TWO_PI)
         self._t += 1
         self._move_target()
-        d = self.distance()
+        d = self._kinematics()
         self._dist_sum += d
         reward, terminated, success = self._outcome(d)
         truncated = not terminated and self._t >= self.max_steps
@@ -165,6 +171,8 @@ class TwoLinkArmEnv(gym.Env[np.ndarray, np.ndarray]):
         Out-of-range commands are clipped (a real motor driver saturates), but NaN/inf are
         refused: silently turning a broken policy output into motion would hide the bug.
         """
+        if isinstance(action, np.ndarray):
+            action = action.tolist()  # one call instead of two numpy scalar conversions
         a0, a1 = action
         a0, a1 = float(a0), float(a1)
         if not (math.isfinite(a0) and math.isfinite(a1)):
@@ -174,7 +182,6 @@ class TwoLinkArmEnv(gym.Env[np.ndarray, np.ndarray]):
     # -- helpers ------------------------------------------------------------------------
 
     def _obs(self) -> np.ndarray:
-        px, py = self.tip()
         return np.array(
             [
                 math.cos(self._q1),
@@ -185,8 +192,8 @@ class TwoLinkArmEnv(gym.Env[np.ndarray, np.ndarray]):
                 self._dq2,
                 self._tx,
                 self._ty,
-                px,
-                py,
+                self._px,
+                self._py,
             ],
             dtype=np.float32,
         )
@@ -272,7 +279,7 @@ class Track2DEnv(TwoLinkArmEnv):
     The path is polar around the shoulder: ``r(t) = r0 + ar·sin(2π fr t + φr)`` and
     ``θ(t) = θ0 + Σ_k aθk·sin(2π fk t + φk)`` (two components), with ``r`` kept in
     0.35-0.85 so the arm never needs to pass a kinematic singularity (fully stretched or
-    folded), and speeds (at most ~1.3 units/s) that the arm can follow at 3 rad/s.
+    folded), and speeds (at most ~1.2 units/s, typically 0.5) that the arm can follow at 3 rad/s.
     ``θ0`` lies in front of the robot, rotated by ``target_shift``.
 
     The metric is the mean tracking error: ``info["distance"]`` every step and its running
@@ -294,13 +301,15 @@ class Track2DEnv(TwoLinkArmEnv):
         self._path: tuple[float, ...] = (0.6, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
     def _reset_target(self, rng: np.random.Generator) -> None:
+        def wave(amp: tuple[float, float], hz: tuple[float, float]) -> tuple[float, float, float]:
+            """(amplitude, angular frequency, phase) of one random sinusoid."""
+            return float(rng.uniform(*amp)), _TWO_PI * float(rng.uniform(*hz)), float(rng.uniform(0, _TWO_PI))
+
         r0 = float(rng.uniform(0.5, 0.7))
-        ar = float(rng.uniform(0.05, 0.15))
-        wr = _TWO_PI * float(rng.uniform(0.1, 0.4))
-        phr = float(rng.uniform(0, _TWO_PI))
+        ar, wr, phr = wave((0.05, 0.15), (0.1, 0.4))
         th0 = float(rng.uniform(-math.pi / 2, math.pi / 2)) + self.target_shift
-        a1, w1, p1 = float(rng.uniform(0.3, 0.6)), _TWO_PI * float(rng.uniform(0.1, 0.3)), float(rng.uniform(0, _TWO_PI))
-        a2, w2, p2 = float(rng.uniform(0.05, 0.2)), _TWO_PI * float(rng.uniform(0.3, 0.6)), float(rng.uniform(0, _TWO_PI))
+        a1, w1, p1 = wave((0.3, 0.6), (0.1, 0.3))
+        a2, w2, p2 = wave((0.05, 0.2), (0.3, 0.6))
         self._path = (r0, ar, wr, phr, th0, a1, w1, p1, a2, w2, p2)
         self._set_target(0.0)
 
