@@ -101,11 +101,18 @@ def test_image_that_does_not_decode(tmp_path: Path) -> None:
     ep = tmp_path / "img"
     (ep / "blobs").mkdir(parents=True)
     (ep / "blobs" / "0.png").write_bytes(png_bytes())
-    (ep / "blobs" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    steps = [{"observation": {"cam": f"blobs/{i}.png"}, "action": [0.0]} for i in range(2)]
-    write_steps(ep, steps) if not (ep / "steps").exists() else None
+    (ep / "blobs" / "1.png").write_bytes(png_bytes()[:30])  # a truncated PNG: right header, no pixels
+    (ep / "blobs" / "2.png").write_bytes(b"GARBAGE!" * 4)
+    write_steps(ep, [{"observation": {"cam": f"blobs/{i}.png"}, "action": [0.0]} for i in range(3)])
+    # `rlds validate` decodes every frame and names the first that fails.
+    report = validate_path(ep).to_json()
+    assert report["episodes_bad"] == 1
+    err = report["errors"][0]
+    assert (err["step"], err["field"]) == (1, "observation.cam") and "does not decode" in err["message"]
+    # The read path only checks that the bytes look like an image (cheap), and still names
+    # the step and field of bytes that do not.
     err = only_error(ep)
-    assert err.step == 1 and err.field == "observation.cam" and "does not decode" in err.message
+    assert (err.step, err.field) == (2, "observation.cam") and "does not decode" in err.message
 
 
 def test_missing_blob_file(tmp_path: Path) -> None:

@@ -1,0 +1,293 @@
+"""TFRecord framing, read and written without TensorFlow.
+
+A TFRecord file is a sequence of records, each framed as::
+
+    uint64  length              little-endian
+    uint32  masked_crc32c(length bytes)
+    byte    data[length]
+    uint32  masked_crc32c(data)
+
+with ``masked(crc) = ((crc >> 15) | (crc << 17)) + 0xa282ead8  (mod 2**32)``. A file may be
+gzip-compressed as a whole (TFDS shards are not; ``TFRecordWriter(..., "GZIP")`` files are).
+
+The two CRCs fail differently, and the API reflects that: a bad *data* CRC means one record's
+bytes are damaged but the framing is intact, so :func:`scan_records` reports that record and
+goes on with the next one (the other episodes in a shard are still usable); a bad *length*
+CRC or a file that ends mid-record means the framing itself can no longer be trusted, so the
+file ends there. :func:`iter_records` is the strict form that raises on the first problem (or
+hands data-CRC errors to a callback and continues).
+"""
+
+from __future__ import annotations
+
+import gzip as gzip_lib
+import os
+import struct
+import tempfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import crc32c as crc32c_lib
+
+from continuonbrain.rlds.errors import RLDSError
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_HEADER = struct.Struct("<QI")
+_FOOTER = struct.Struct("<I")
+_MASK_DELTA = 0xA282EAD8
+#: Largest read issued at once: a corrupt length field (in a gzip file, where the size on disk
+#: says nothing about the uncompressed size) must not make us allocate terabytes up front.
+_READ_CHUNK = 64 << 20
+
+
+def masked_crc32c(data: bytes | memoryview) -> int:
+    """The CRC32C of ``data``, masked as TFRecord stores it.
+
+    Masking exists because CRCs of data that itself contains CRCs are weak; we only need to
+    match what TensorFlow writes.
+    """
+    crc = crc32c_lib.crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record of a TFRecord file, good or bad.
+
+    ``offset`` is the byte offset of the record's header (in the uncompressed stream for gzip
+    files). Exactly one of ``data`` and ``error`` is set. ``fatal`` errors (truncation, bad
+    length CRC, broken gzip stream) are always the last record of the file.
+    """
+
+    index: int
+    offset: int
+    data: bytes | None = None
+    error: RLDSError | None = None
+    fatal: bool = False
+
+
+def is_gzip_file(path: Path) -> bool:
+    """True when ``path`` holds a gzip stream rather than plain TFRecord framing.
+
+    The gzip magic ``1f 8b`` is also a possible start of a plain file (a first record whose
+    length ends in ``0x8b1f``), so a file that starts with it but whose first 12 bytes are a
+    valid TFRecord header is plain. A ``.gz`` name with plain content is read as plain too.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_HEADER.size)
+    except OSError as exc:
+        raise RLDSError(f"cannot be read: {exc.strerror or exc}", file=str(path)) from None
+    if not head.startswith(_GZIP_MAGIC):
+        return False
+    return not _valid_header(head)
+
+
+def _valid_header(head: bytes) -> bool:
+    if len(head) < _HEADER.size:
+        return False
+    _, stored = _HEADER.unpack(head)
+    return masked_crc32c(head[:8]) == stored
+
+
+def scan_records(path: str | os.PathLike) -> Iterator[Record]:
+    """Yield every record of ``path`` (plain or gzip) as a :class:`Record`.
+
+    Never raises for bad content: a damaged record comes out as a ``Record`` with ``error``
+    set (each error names the file, the record index and the byte offset). Only a file that
+    cannot be opened at all raises :class:`RLDSError`.
+    """
+    path = Path(path)
+    gz = is_gzip_file(path)
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed in the finally below, generator-safe
+    except OSError as exc:
+        raise RLDSError(f"cannot be read: {exc.strerror or exc}", file=str(path)) from None
+    try:
+        stream: BinaryIO = gzip_lib.GzipFile(fileobj=raw, mode="rb") if gz else raw  # type: ignore[assignment]
+        size = None if gz else os.fstat(raw.fileno()).st_size
+        yield from _scan_stream(stream, path, size)
+    finally:
+        raw.close()
+
+
+def _scan_stream(stream: BinaryIO, path: Path, size: int | None) -> Iterator[Record]:
+    index = 0
+    offset = 0
+    file = str(path)
+
+    def fail(message: str) -> Record:
+        err = RLDSError(f"record {index} at byte offset {offset}: {message}", file=file)
+        return Record(index, offset, error=err, fatal=True)
+
+    while True:
+        try:
+            head = _read_exact(stream, _HEADER.size)
+        except _StreamError as exc:
+            yield fail(str(exc))
+            return
+        if not head:
+            return
+        if len(head) < _HEADER.size:
+            yield fail(f"file ends inside the record header ({len(head)} of {_HEADER.size} bytes): truncated")
+            return
+        length, stored = _HEADER.unpack(head)
+        if masked_crc32c(head[:8]) != stored:
+            yield fail("length CRC mismatch: the record framing is corrupt, the rest of the file is unreadable")
+            return
+        if size is not None and offset + _HEADER.size + length + _FOOTER.size > size:
+            yield fail(f"record claims {length} bytes but the file ends at byte {size}: truncated")
+            return
+        try:
+            body = _read_exact(stream, length + _FOOTER.size)
+        except _StreamError as exc:
+            yield fail(str(exc))
+            return
+        if len(body) < length + _FOOTER.size:
+            yield fail(f"file ends inside the record ({len(body)} of {length + _FOOTER.size} bytes): truncated")
+            return
+        data = body[:length]
+        (stored,) = _FOOTER.unpack_from(body, length)
+        computed = masked_crc32c(data)
+        if computed != stored:
+            err = RLDSError(
+                f"record {index} at byte offset {offset}: data CRC mismatch "
+                f"(stored 0x{stored:08x}, computed 0x{computed:08x}); the record is damaged",
+                file=file,
+            )
+            yield Record(index, offset, error=err)
+        else:
+            yield Record(index, offset, data=data)
+        index += 1
+        offset += _HEADER.size + length + _FOOTER.size
+
+
+class _StreamError(Exception):
+    """A broken gzip stream (bad header, bad deflate data, bad trailer CRC)."""
+
+
+def _read_exact(stream: BinaryIO, n: int) -> bytes:
+    """Read up to ``n`` bytes (fewer only at end of file), in bounded chunks."""
+    try:
+        if n <= _READ_CHUNK:
+            return stream.read(n)
+        parts = []
+        remaining = n
+        while remaining:
+            part = stream.read(min(remaining, _READ_CHUNK))
+            if not part:
+                break
+            parts.append(part)
+            remaining -= len(part)
+        return b"".join(parts)
+    except (gzip_lib.BadGzipFile, EOFError, zlib.error) as exc:
+        raise _StreamError(f"gzip stream is corrupt or truncated ({type(exc).__name__}: {exc})") from None
+    except OSError as exc:
+        raise _StreamError(f"read failed ({exc.strerror or exc})") from None
+
+
+def iter_records(
+    path: str | os.PathLike, on_data_error: Callable[[RLDSError], None] | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(offset, payload)`` for each record of ``path``, verifying both CRCs.
+
+    A damaged record raises :class:`RLDSError`, unless ``on_data_error`` is given: then a
+    record whose *data* CRC fails is passed to it and reading continues with the next record
+    (the framing is intact). Truncation and length-CRC errors always raise.
+    """
+    for record in scan_records(path):
+        if record.error is None:
+            assert record.data is not None
+            yield record.offset, record.data
+        elif on_data_error is not None and not record.fatal:
+            on_data_error(record.error)
+        else:
+            raise record.error
+
+
+def frame_record(payload: bytes) -> bytes:
+    """One record with its TFRecord framing."""
+    length = struct.pack("<Q", len(payload))
+    return length + _FOOTER.pack(masked_crc32c(length)) + payload + _FOOTER.pack(masked_crc32c(payload))
+
+
+class TFRecordWriter:
+    """Write records to ``path`` atomically: all of them appear at once, or none.
+
+    Records go to a temporary file in the same directory, which is fsynced and renamed over
+    ``path`` on :meth:`close`; an exception inside the ``with`` block removes it instead. A
+    crash therefore never leaves a half-written shard under a name a reader would pick up.
+    """
+
+    def __init__(self, path: str | os.PathLike, gzip: bool = False):
+        self.path = Path(path)
+        self.count = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self._tmp = Path(tmp)
+        self._raw = os.fdopen(fd, "wb")
+        # mtime=0 and no file name in the header: the same records give the same bytes.
+        self._out: BinaryIO = (
+            gzip_lib.GzipFile(filename="", fileobj=self._raw, mode="wb", mtime=0) if gzip else self._raw  # type: ignore[assignment]
+        )
+
+    def write(self, payload: bytes) -> None:
+        self._out.write(frame_record(payload))
+        self.count += 1
+
+    def close(self) -> None:
+        """Flush, fsync and move the file into place."""
+        if self._raw.closed:
+            return
+        if self._out is not self._raw:
+            self._out.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        os.replace(self._tmp, self.path)
+        _fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        """Drop everything written so far."""
+        if not self._raw.closed:
+            if self._out is not self._raw:
+                self._out.close()
+            self._raw.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> TFRecordWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_records(path: str | os.PathLike, payloads: Iterable[bytes], gzip: bool = False) -> int:
+    """Write ``payloads`` as a TFRecord file (atomically, see :class:`TFRecordWriter`).
+
+    Returns the number of records written.
+    """
+    with TFRecordWriter(path, gzip=gzip) as writer:
+        for payload in payloads:
+            writer.write(payload)
+    return writer.count
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable: on Linux the directory entry needs its own fsync."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
