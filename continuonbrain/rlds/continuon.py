@@ -44,7 +44,6 @@ OPTIONS = ("observation_key", "action_key")
 NON_EPISODE_JSON = {"metadata.json", "dataset_info.json", "features.json", "manifest.json", "status.json"}
 
 
-
 def is_episode_dir(path: Path) -> bool:
     return (path / "metadata.json").is_file() or (path / "steps").is_dir()
 
@@ -137,18 +136,19 @@ def _load_metadata(path: Path) -> dict:
 
 
 def _parse_jsonl(path: Path, eid: str) -> list[Any]:
-    """Parse a JSONL file in one pass; on failure, find and name the bad line."""
+    """Parse a JSONL file in one ``orjson`` call; on failure, find and name the bad line."""
     data = _read_bytes(path)
-    lines = [ln for ln in data.splitlines() if ln.strip()]
-    try:
-        return orjson.loads(b"[" + b",".join(lines) + b"]")
-    except orjson.JSONDecodeError:
-        pass
+    body = data.strip()
+    if body:
+        try:
+            return orjson.loads(b"[" + body.replace(b"\n", b",") + b"]")
+        except orjson.JSONDecodeError:
+            pass  # blank lines, NaN tokens or a bad line: go line by line
     rows = []
     for lineno, raw in enumerate(data.splitlines(), start=1):
         if raw.strip():
             rows.append(_loads(raw, str(path), line=lineno))
-    return rows  # pragma: no cover - the joined parse only fails when a line does
+    return rows
 
 
 def _get_path(row: Mapping[str, Any], dotted: str) -> Any:
@@ -174,12 +174,18 @@ def _episode_from_rows(
     if not set(map(type, rows)) <= {dict}:
         i = next(i for i, r in enumerate(rows) if not isinstance(r, dict))
         raise RLDSError(f"a step must be a JSON object, got {type(rows[i]).__name__}", step=i, episode=eid)
-    obs = _column(rows, observation_key)
-    if observation_key == "observation" and has_none(obs):
-        obs = [o if o is not None else r.get("obs") for o, r in zip(obs, rows, strict=True)]
-    act = _column(rows, action_key)
-    if obs and isinstance(obs[0], Mapping):
-        obs = [_resolve_images(o, base, i, "observation") if isinstance(o, Mapping) else o for i, o in enumerate(obs)]
+    first = rows[0] if rows else {}
+    obs = act = None  # None: the episode builder reads the plain keys itself
+    if observation_key != "observation" or "observation" not in first or isinstance(first["observation"], Mapping):
+        obs = _column(rows, observation_key)
+        if observation_key == "observation" and has_none(obs):
+            obs = [o if o is not None else r.get("obs") for o, r in zip(obs, rows, strict=True)]
+        if obs and isinstance(obs[0], Mapping):
+            obs = [
+                _resolve_images(o, base, i, "observation") if isinstance(o, Mapping) else o for i, o in enumerate(obs)
+            ]
+    if action_key != "action":
+        act = _column(rows, action_key)
     try:
         return Episode.from_rows(rows, meta, source, observations=obs, actions=act, timestamps=_timestamps(rows))
     except RLDSError as err:
@@ -196,22 +202,24 @@ def _column(rows: list[dict], dotted: str) -> list[Any]:
     return [_get_path(r, dotted) for r in rows]
 
 
-def _timestamps(rows: list[dict]) -> list[Any]:
-    """The timestamp column in seconds, from whichever spelling the first step uses."""
+def _timestamps(rows: list[dict]) -> list[Any] | None:
+    """The timestamp column in seconds when the first step spells it other than
+    ``timestamp`` (seconds, which the episode builder reads itself)."""
     first = rows[0] if rows else {}
-    for key, scale in (("timestamp", 1.0), ("timestamp_s", 1.0), ("timestamp_ns", 1e-9)):
-        if key in first:
-            values = [r.get(key) for r in rows]
-            if scale == 1.0:
-                return values
-            return [v * scale if isinstance(v, int | float) and not isinstance(v, bool) else v for v in values]
+    if "timestamp" in first:
+        return None
+    if "timestamp_s" in first:
+        return [r.get("timestamp_s") for r in rows]
+    if "timestamp_ns" in first:
+        values = [r.get("timestamp_ns") for r in rows]
+        return [v * 1e-9 if isinstance(v, int | float) and not isinstance(v, bool) else v for v in values]
     sm = first.get("step_metadata")
     if isinstance(sm, Mapping) and "timestamp_ns" in sm:
         return [
             _number((r.get("step_metadata") or {}).get("timestamp_ns"), i, "step_metadata.timestamp_ns") * 1e-9
             for i, r in enumerate(rows)
         ]
-    return [None] * len(rows)
+    return None
 
 
 def _number(value: Any, i: int, name: str) -> float:

@@ -319,36 +319,52 @@ class Episode:
         n = len(rows)
         if n == 0:
             raise RLDSError("episode has no steps", field="steps")
+        cols = step_columns(rows)
+        none = [None] * n
         if observations is None:
-            observations = [r.get("observation") for r in rows]
+            observations = cols.get("observation", none)
         if actions is None:
-            actions = [r.get("action") for r in rows]
+            actions = cols.get("action", none)
         for name, values in (("observation", observations), ("action", actions)):
             if has_none(values):
                 i = next(i for i, v in enumerate(values) if v is None)
                 raise RLDSError(f"required field {name!r} is missing", step=i, field=name)
         pos = np.arange(n)
-        is_last = _bool_column([r.get("is_last") for r in rows], "is_last", pos == n - 1)
-        lang = [r.get("language_instruction") for r in rows]
+        is_last = _bool_column(cols.get("is_last", none), "is_last", pos == n - 1)
+        lang = cols.get("language_instruction", none)
         if not set(map(type, lang)) <= {str, type(None)}:
             i = next(i for i, t in enumerate(lang) if t is not None and not isinstance(t, str))
             raise RLDSError(f"must be a string, got {type(lang[i]).__name__}", step=i, field="language_instruction")
-        if timestamps is None:
-            timestamps = [r.get("timestamp") for r in rows]
         return cls(
             observation=stack_features(observations, "observation"),
             action=stack_features(actions, "action"),
-            reward=_scalar_column([r.get("reward") for r in rows], "reward", 0.0, np.float32),
-            discount=_scalar_column([r.get("discount") for r in rows], "discount", 1.0, np.float32),
-            is_first=_bool_column([r.get("is_first") for r in rows], "is_first", pos == 0),
+            reward=_scalar_column(cols.get("reward", none), "reward", 0.0, np.float32),
+            discount=_scalar_column(cols.get("discount", none), "discount", 1.0, np.float32),
+            is_first=_bool_column(cols.get("is_first", none), "is_first", pos == 0),
             is_last=is_last,
-            is_terminal=_bool_column([r.get("is_terminal") for r in rows], "is_terminal", is_last),
+            is_terminal=_bool_column(cols.get("is_terminal", none), "is_terminal", is_last),
             metadata=meta,
             language_instruction=None if all_none(lang) else lang,
-            step_metadata=_string_maps([r.get("step_metadata") for r in rows]),
-            timestamp=_timestamp_column(timestamps),
+            step_metadata=_string_maps(cols.get("step_metadata", none)),
+            timestamp=_timestamp_column(timestamps if timestamps is not None else cols.get("timestamp", none)),
             source=source,
         )
+
+
+def step_columns(rows: list[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """Turn step records into one list per key (missing values are ``None``).
+
+    When every record has the same keys (what loggers write) this is one C-level
+    ``itemgetter``/``zip`` pass instead of a comprehension per field.
+    """
+    keys = tuple(rows[0])
+    if len(keys) > 1 and set(map(len, rows)) == {len(keys)}:
+        try:
+            return dict(zip(keys, map(list, zip(*map(operator.itemgetter(*keys), rows), strict=True)), strict=True))
+        except (KeyError, TypeError):
+            pass
+    names = dict.fromkeys(k for r in rows for k in r)
+    return {k: [r.get(k) for r in rows] for k in names}
 
 
 def _step_as_dict(step: Step) -> dict[str, Any]:
