@@ -70,3 +70,16 @@ def test_schema_prints_json_schema() -> None:
     assert proc.returncode == 0
     schema = json.loads(proc.stdout)
     assert {"EpisodeMetadata", "StepRecord"} <= set(schema["$defs"])
+
+
+def test_sim_collect_then_validate(tmp_path: Path) -> None:
+    for fmt in ("continuon", "tfds"):
+        out = tmp_path / fmt
+        proc = run("sim", "collect", "--env", "reach2d", "--episodes", "3", "--out", str(out), "--format", fmt, "--json")
+        assert proc.returncode == 0, proc.stderr
+        summary = json.loads(proc.stdout)
+        assert summary["episodes"] == 3 and summary["env"] == "reach2d"
+        report = json.loads(run("rlds", "validate", str(out), "--json", "--upload").stdout)
+        assert (report["episodes_ok"], report["episodes_bad"]) == (3, 0)
+        assert report["steps_ok"] == summary["steps"]
+        assert report["not_upload_ready"] == []  # simulator episodes carry no PII
