@@ -58,7 +58,7 @@ import os
 import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +198,7 @@ def load_features(path: Path) -> FeatureSpec:
         doc = json.loads(Path(path).read_bytes())
     except OSError as exc:
         raise RLDSError(f"cannot be read: {exc.strerror or exc}", file=str(path)) from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise RLDSError(f"malformed JSON: {exc}", file=str(path)) from None
     return parse_features(doc, source=str(path))
 
@@ -212,7 +212,7 @@ def parse_features(doc: Any, source: str | None = None) -> FeatureSpec:
             raise RLDSError("the top-level feature must be a FeaturesDict", file=source)
         for name, child in _dict_children(node).items():
             _walk(child, str(name), spec, in_steps=False, sequence=False)
-    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+    except (TypeError, ValueError, AttributeError, KeyError, RecursionError) as exc:
         raise RLDSError(f"malformed features.json ({type(exc).__name__}: {exc})", file=source) from None
     if not spec.has_steps:
         # The per-step layout: the RLDS step fields are top-level features of each record.
@@ -329,7 +329,7 @@ def _check_tensor(leaf: Leaf) -> Leaf:
 
 
 def _with_problem(leaf: Leaf, problem: str) -> Leaf:
-    return Leaf(leaf.key, leaf.kind, leaf.dtype, leaf.shape, leaf.encoding, leaf.image_format, problem=problem)
+    return replace(leaf, problem=problem)
 
 
 def _dtype_name(value: Any) -> str:
@@ -370,9 +370,13 @@ def _is_used_step_field(name: str) -> bool:
 def _guess_leaf(key: str, value: FeatureValue, steps: int | None, rel: str) -> Leaf:
     """A leaf for ``value`` from what it holds; ``steps`` is T for step fields (else None)."""
     if isinstance(value, list):
+        if rel == "timestamp" and steps is not None and all(len(v) == 8 for v in value):
+            return Leaf(key, "tensor", "float64", encoding="bytes")  # how write_tfds stores it
         if steps is not None and len(value) == steps and value and all(_image_format(v) for v in value):
             return Leaf(key, "image", "uint8")
-        return Leaf(key, "text", "string")
+        if all(_is_utf8(v) for v in value):
+            return Leaf(key, "text", "string")
+        return Leaf(key, "tensor", "string", (None,))  # opaque bytes: skipped when decoding
     if rel in _BOOL_STEP_FIELDS:
         dtype = "bool"
     elif rel == "timestamp":
@@ -595,7 +599,7 @@ def _metadata(spec: FeatureSpec, feats: Mapping[str, FeatureValue]) -> dict[str,
     if isinstance(raw, list) and len(raw) == 1:
         try:
             meta = json.loads(raw[0])
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise RLDSError(f"metadata JSON is malformed ({exc})", field=METADATA_JSON_KEY) from None
         if not isinstance(meta, dict):
             raise RLDSError(f"metadata JSON must be an object, got {type(meta).__name__}", field=METADATA_JSON_KEY)
@@ -727,7 +731,7 @@ def _step_metadata(col: Column | None) -> list[dict[str, str]] | None:
             continue
         try:
             value = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise RLDSError("is not valid JSON", step=i, field="steps/step_metadata") from None
         if not isinstance(value, dict):
             raise RLDSError("must be a JSON object (a string map)", step=i, field="steps/step_metadata")
@@ -780,8 +784,8 @@ class _StepGroup:
         self.first_index = first_index
         self.records: list[tuple[int, int, Mapping[str, FeatureValue]]] = []
 
-    def add(self, index: int, feats: Mapping[str, FeatureValue]) -> None:
-        self.records.append((_step_index(feats, len(self.records)), index, feats))
+    def add(self, index: int, step_index: int, feats: Mapping[str, FeatureValue]) -> None:
+        self.records.append((step_index, index, feats))
 
     def episode(self, spec: FeatureSpec, source: str) -> Episode:
         self.records.sort(key=lambda r: r[0])
@@ -870,7 +874,7 @@ def scan_tfrecord_file(
     ends after its last complete record.
     """
     path = Path(path)
-    spec = _resolve_spec(path, features)
+    spec = _resolve_spec(path.parent, features)
     spec.check_usable()
     parse = _hooked_parser(example_parser) if example_parser is not None else parse_example
     source = str(path)
@@ -898,9 +902,11 @@ def scan_tfrecord_file(
                 if group is not None and group.episode_id != eid:
                     yield finish(group)
                     group = None
+                # Checked before a new group exists, so a bad first record cannot leave an empty one.
+                step_index = _step_index(feats, default=len(group.records) if group is not None else 0)
                 if group is None:
                     group = _StepGroup(eid, record.index)
-                group.add(record.index, feats)
+                group.add(record.index, step_index, feats)
                 continue
             if group is not None:
                 yield finish(group)
@@ -914,7 +920,7 @@ def scan_tfrecord_file(
             yield EpisodeResult(key=key, unit=path, episode=episode, movable=False, raw=data)
         except RLDSError as err:
             yield EpisodeResult(key=key, unit=path, error=err.at(file=source, episode=key), movable=False, raw=data)
-        except (ValueError, TypeError, IndexError, KeyError, OverflowError, MemoryError) as exc:
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError, MemoryError, RecursionError) as exc:
             # Defence in depth: whatever slips past the checks above must still come out as
             # an RLDSError for this one record, never as a crash of the whole scan.
             err = RLDSError(f"record does not decode ({type(exc).__name__}: {exc})", file=source, episode=key)
@@ -923,15 +929,15 @@ def scan_tfrecord_file(
         yield finish(group)
 
 
-def _resolve_spec(shard: Path, features: Any) -> FeatureSpec:
-    """The spec to decode ``shard`` with; an empty spec means heuristic decoding."""
+def _resolve_spec(directory: Path, features: Any) -> FeatureSpec:
+    """The spec given, else ``directory/features.json``; an empty spec means heuristics."""
     if isinstance(features, FeatureSpec):
         return features
     if isinstance(features, Mapping):
-        return parse_features(dict(features), source=f"features for {shard}")
+        return parse_features(dict(features), source=f"features for {directory}")
     if isinstance(features, str | os.PathLike):
         return load_features(Path(features))
-    candidate = shard.parent / "features.json"
+    candidate = directory / "features.json"
     return load_features(candidate) if candidate.is_file() else FeatureSpec()
 
 
@@ -988,7 +994,7 @@ def scan_tfds_dir(path: Path, split: str | None = None, **options: Any) -> Itera
     """
     path = Path(path)
     # Parsed once here rather than once per shard.
-    spec = _resolve_spec(path / "dataset_info.json", options.pop("features", None))
+    spec = _resolve_spec(path, options.pop("features", None))
     spec.check_usable()
     shards = shard_files(path)
     if split is not None:
@@ -1011,7 +1017,7 @@ def shard_files(path: Path) -> dict[str, list[Path]]:
     if info_path.is_file():
         try:
             info = json.loads(info_path.read_bytes())
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise RLDSError(f"cannot be read: {exc}", file=str(info_path)) from None
         if not isinstance(info, dict):
             raise RLDSError("must be a JSON object", file=str(info_path))
