@@ -9,9 +9,7 @@ from pathlib import Path
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "continuonbrain", *args], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-m", "continuonbrain", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_validate_json_contract(episodes_dir: Path) -> None:
@@ -75,7 +73,9 @@ def test_schema_prints_json_schema() -> None:
 def test_sim_collect_then_validate(tmp_path: Path) -> None:
     for fmt in ("continuon", "tfds"):
         out = tmp_path / fmt
-        proc = run("sim", "collect", "--env", "reach2d", "--episodes", "3", "--out", str(out), "--format", fmt, "--json")
+        proc = run(
+            "sim", "collect", "--env", "reach2d", "--episodes", "3", "--out", str(out), "--format", fmt, "--json"
+        )
         assert proc.returncode == 0, proc.stderr
         summary = json.loads(proc.stdout)
         assert summary["episodes"] == 3 and summary["env"] == "reach2d"
