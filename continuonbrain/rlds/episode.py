@@ -411,7 +411,7 @@ def _bool_column(values: list[Any], name: str, default: np.ndarray) -> np.ndarra
 
 def _string_maps(values: list[Any]) -> list[dict[str, str]] | None:
     """``step_metadata`` is a string map; scalar values are kept as their text."""
-    if all(not v for v in values):
+    if not any(values):  # all None or empty (C-level truthiness; values are dicts or None)
         return None
     out = []
     for i, m in enumerate(values):
