@@ -1,0 +1,138 @@
+"""Budgets and guards that keep on-robot training from hurting the robot.
+
+* :class:`MemoryGuard`: the OOM killer does not ask; on a Pi it may take the motor driver
+  with the trainer. So the trainer watches its own RSS and the system's available memory
+  every few steps and stops *itself* (after a checkpoint) before either crosses its limit.
+* :class:`ThermalGuard`: a Pi 5 throttles at 80-85 °C and training heats it. Above
+  ``max_temp_c`` the trainer pauses between steps and resumes below ``resume_temp_c``
+  (hysteresis, so it does not flap), logging each pause. The sysfs root is configurable so
+  tests (and boards with another layout) can point it elsewhere.
+* :class:`StepBudget`: steps and wall time, checked every step.
+
+Each guard answers "should I stop, and why?" with a short reason string that ends up in the
+run's ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+THERMAL_ZONE = "class/thermal/thermal_zone0/temp"
+
+
+def rss_mb() -> float:
+    """Resident memory of this process, in MB."""
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def available_mb() -> float:
+    """Memory the system can still give without swapping, in MB."""
+    return psutil.virtual_memory().available / 2**20
+
+
+@dataclass
+class MemoryGuard:
+    """Trips when RSS exceeds ``budget_mb`` or available memory drops below ``min_available_mb``."""
+
+    budget_mb: float | None = None
+    min_available_mb: float | None = None
+    check_every: int = 10
+    peak_rss_mb: float = 0.0
+    _calls: int = 0
+
+    def check(self, force: bool = False) -> str | None:
+        self._calls += 1
+        if not force and self._calls % self.check_every:
+            return None
+        rss = rss_mb()
+        self.peak_rss_mb = max(self.peak_rss_mb, rss)
+        if self.budget_mb is not None and rss > self.budget_mb:
+            return f"memory: process RSS {rss:.0f} MB is over the budget of {self.budget_mb:.0f} MB"
+        if self.min_available_mb is not None:
+            avail = available_mb()
+            if avail < self.min_available_mb:
+                return f"memory: only {avail:.0f} MB available, below the floor of {self.min_available_mb:.0f} MB"
+        return None
+
+
+def read_temperature_c(sysfs_root: str | Path = "/sys") -> float | None:
+    """SoC temperature from ``<root>/class/thermal/thermal_zone0/temp`` (millidegrees), or None."""
+    path = Path(sysfs_root) / THERMAL_ZONE
+    try:
+        return int(path.read_text().strip()) / 1000.0
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class ThermalGuard:
+    """Pause between steps while the SoC is hot; resume once it has cooled."""
+
+    max_temp_c: float = 80.0
+    resume_temp_c: float = 70.0
+    sysfs_root: str | Path = "/sys"
+    poll_s: float = 1.0
+    max_pause_s: float | None = None
+    pauses: list[dict] = field(default_factory=list)
+    sleep: Callable[[float], None] = time.sleep
+
+    def temperature(self) -> float | None:
+        return read_temperature_c(self.sysfs_root)
+
+    def wait_if_hot(self, on_pause: Callable[[dict], None] | None = None) -> str | None:
+        """Block while too hot. Returns a stop reason only if ``max_pause_s`` runs out."""
+        temp = self.temperature()
+        if temp is None or temp < self.max_temp_c:
+            return None
+        start = time.monotonic()
+        event = {"event": "thermal_pause", "temp_c": temp, "max_temp_c": self.max_temp_c}
+        log.warning("SoC at %.1f °C (limit %.1f): pausing training", temp, self.max_temp_c)
+        if on_pause:
+            on_pause(event)
+        while temp is not None and temp > self.resume_temp_c:
+            if self.max_pause_s is not None and time.monotonic() - start > self.max_pause_s:
+                return f"thermal: still {temp:.1f} °C after {self.max_pause_s:.0f} s of pause"
+            self.sleep(self.poll_s)
+            temp = self.temperature()
+        paused = time.monotonic() - start
+        done = {"event": "thermal_resume", "temp_c": temp, "paused_s": round(paused, 3)}
+        self.pauses.append({**event, **done})
+        log.warning("SoC at %s °C: resuming after %.1f s", temp, paused)
+        if on_pause:
+            on_pause(done)
+        return None
+
+
+@dataclass
+class StepBudget:
+    """Steps and wall time for one component."""
+
+    max_steps: int
+    max_wall_time_s: float | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def exhausted(self, step: int) -> str | None:
+        if step >= self.max_steps:
+            return "max_steps"
+        if self.max_wall_time_s is not None and time.monotonic() - self.started >= self.max_wall_time_s:
+            return "max_wall_time_s"
+        return None
+
+
+def release_memory() -> None:
+    """Give freed memory back to the OS between components (drop refs first)."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
