@@ -535,3 +535,15 @@ def test_state_dict_resume_with_dataloader_workers() -> None:
     other.load_state_dict(state)
     with pytest.raises(RuntimeError, match="shards"):
         list(other)
+
+
+def test_extra_columns_are_sliced_and_padded_like_the_others() -> None:
+    from conftest import make_episode
+
+    ep = make_episode(n=8)
+    ep.extras["context"] = np.arange(8, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
+    windows = list(iter_windows(ep, 3, 1, pad_start=True))
+    assert len(windows) == 8
+    np.testing.assert_array_equal(windows[0]["context"][:, 0], [0, 0, 0])
+    np.testing.assert_array_equal(windows[0]["mask"], [False, False, True])
+    np.testing.assert_array_equal(windows[5]["context"][:, 0], [3, 4, 5])

@@ -225,6 +225,10 @@ class Episode:
     step_metadata: list[dict[str, str]] | None = None
     timestamp: np.ndarray | None = None
     source: str | None = None
+    #: Per-step columns ``[T, ...]`` that a model derived from this episode (the Mid loop's
+    #: context for the Fast loop, VQ codes, ...). Not RLDS fields: windows slice them like
+    #: the others, writers never store them.
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.reward)

@@ -216,6 +216,10 @@ def _episode_columns(
         "is_terminal": np.asarray(episode.is_terminal, bool),
         "mask": np.ones(n, bool),
     }
+    for name, extra in episode.extras.items():
+        if name in cols:
+            raise RLDSError(f"extra column {name!r} would shadow an RLDS field", field=name)
+        cols[name] = np.asarray(extra)
     if pad:
         cols = {k: _left_pad(v, pad) for k, v in cols.items()}
         numeric_images = {k: _left_pad(v, pad) for k, v in numeric_images.items()}
