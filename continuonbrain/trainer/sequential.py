@@ -343,7 +343,7 @@ class SequentialTrainer:
         self._emit(logger, {"event": "component_start", "component": name, "step": step, "steps": comp.max_steps})
         stream = batches(dataset, comp.batch_size, epoch)
         while stop_reason is None:
-            stop_reason = thermal.wait_if_hot(lambda e: self._emit(logger, {**e, "component": name, "step": step}))
+            stop_reason = thermal.wait_if_hot(lambda e, s=step: self._emit(logger, {**e, "component": name, "step": s}))
             if stop_reason:
                 break
             _, batch = next(stream)
@@ -389,7 +389,7 @@ class SequentialTrainer:
             "thermal_pauses": len(thermal.pauses),
         }
         self._emit(logger, {"event": "component_done", "component": name, **result})
-        del module, trainable, optimizer, scheduler, dataset, helper, stream
+        # Returning drops the module, its optimizer state and the data stream: the caller frees memory.
         return result
 
     def _agree(self, reason: str | None) -> str | None:
