@@ -105,6 +105,51 @@ def cmd_sim_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- train -------------------------------------------------------------------------------
+
+
+DEFAULT_HOPE_CONFIG = Path(__file__).resolve().parent / "configs" / "pi5-hope-v1.json"
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``continuonbrain train`` (also ``python run_trainer.py``)."""
+    p.add_argument("--config", default=str(DEFAULT_HOPE_CONFIG), help="training config JSON (default: pi5-hope-v1)")
+    p.add_argument("--rlds-dir", help="episodes to train on (overrides the config)")
+    p.add_argument("--model-root", help="model store; finished components go to its candidate slot")
+    p.add_argument("--run-dir", help="logs, checkpoints and components of this run")
+    p.add_argument("--max-steps", type=int, help="cap every component at N steps")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoints")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from continuonbrain.trainer.sequential import SequentialTrainer, TrainingError
+    from continuonbrain.trainer.train_config import SequentialConfig
+
+    try:
+        cfg = SequentialConfig.from_json(
+            args.config, rlds_dir=args.rlds_dir, model_root=args.model_root, run_dir=args.run_dir
+        )
+        if args.max_steps is not None:
+            cfg.cap_steps(args.max_steps)
+        summary = SequentialTrainer(cfg).run(resume=args.resume)
+    except (TrainingError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json(summary)
+        return 0
+    print(f"run: {summary['run_dir']}  (metrics.jsonl, summary.json)")
+    for name, c in summary["components"].items():
+        print(
+            f"  {name:<10} steps {c['steps']:>5}  loss {c.get('initial_loss', float('nan')):.4f} -> "
+            f"{c.get('final_loss', float('nan')):.4f}  {c['wall_time_s']:.1f} s  peak RSS {c['peak_rss_mb']:.0f} MB  "
+            f"stop: {c['stop_reason']}"
+        )
+    print(f"candidate: {Path(summary['model_root']) / 'candidate'}")
+    return 0
+
+
 # --- parser --------------------------------------------------------------------------------
 
 
@@ -150,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dart-sigma", type=float, default=0.0, help="noise on executed actions (DART)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sim_collect)
+
+    p = sub.add_parser("train", help="train the HOPE v1 seed, one component at a time")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="run the whole loop on the built-in defaults")
     p.add_argument("--workdir", default=".demo", help="where data, models and runs go")

@@ -139,7 +139,8 @@ def batches(dataset: WindowDataset, batch_size: int, start_epoch: int) -> Iterat
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=0)
     epoch = start_epoch
     while True:
-        dataset.set_epoch(epoch)
+        if epoch != dataset.epoch:  # set_epoch rewinds: never on the epoch a resume restored
+            dataset.set_epoch(epoch)
         produced = False
         for batch in loader:
             produced = True
