@@ -150,6 +150,57 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- models --------------------------------------------------------------------------------
+
+
+def _slot_line(name: str, m: dict | None) -> str:
+    if not m:
+        return f"  {name:<10} (empty)"
+    comps = ",".join(m.get("components", []))
+    return f"  {name:<10} {m['version']}  {m.get('kind', '?')}  [{comps}]  created {m.get('created', '?')}"
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from continuonbrain.trainer.store import PromotionStore, StoreError
+
+    store = PromotionStore(args.model_root)
+    try:
+        if args.models_command == "list":
+            info = store.describe()
+            if args.json:
+                _print_json(info)
+                return 0
+            print(store.root)
+            print(_slot_line("current", info["current"]))
+            print(_slot_line("candidate", info["candidate"]))
+            for m in info["history"]:
+                print(_slot_line("history", m))
+            for a in info["audit"][-10:]:
+                when, what = a.get("time", ""), a.get("decision")
+                print(f"  audit      {when}  {what}  {a.get('version')}  {a.get('reason', '')}")
+            return 0
+        if args.models_command == "promote":
+            from continuonbrain.trainer.promotion import promote_candidate
+
+            result, info = promote_candidate(args.model_root, rlds_dir=args.rlds_dir)
+            if args.json:
+                _print_json({"promoted": result.passed, "reason": result.reason, "gate": result.to_dict(), **info})
+            else:
+                verdict = "PROMOTED" if result.passed else "REJECTED"
+                print(f"{verdict}: {result.reason}")
+                print(_slot_line("current", info["current"]))
+            return 0 if result.passed else 1
+        manifest = store.rollback(args.version)
+        if args.json:
+            _print_json({"rolled_back_to": manifest.get("version"), **store.describe()})
+        else:
+            print(f"rolled back: current is {manifest.get('version')}")
+        return 0
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 # --- parser --------------------------------------------------------------------------------
 
 
@@ -199,6 +250,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the HOPE v1 seed, one component at a time")
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
+
+    models = sub.add_parser("models", help="the model store: list, promote, rollback").add_subparsers(
+        dest="models_command", required=True
+    )
+    for verb, text in (
+        ("list", "slots, history and the audit log"),
+        ("promote", "gate the candidate in shadow and promote it if it passes (exit 1 on rejection)"),
+        ("rollback", "make an earlier version current again"),
+    ):
+        p = models.add_parser(verb, help=text)
+        p.add_argument("--model-root", required=True)
+        p.add_argument("--version", help="rollback: the history version (default: the newest)")
+        p.add_argument("--rlds-dir", help="promote: held-out episodes (default: the candidate's training data)")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("demo", help="run the whole loop on the built-in defaults")
     p.add_argument("--workdir", default=".demo", help="where data, models and runs go")
