@@ -56,7 +56,13 @@ def evaluate_candidate(
     store: PromotionStore, rlds_dir: str | os.PathLike | None = None, cfg: SafetyGateConfig | None = None
 ) -> GateResult:
     cfg = cfg or SafetyGateConfig()
-    manifest = store.verify(store.slot("candidate"))
+    try:
+        manifest = store.verify(store.slot("candidate"))
+    except StoreError as exc:  # corrupted or incomplete: rejected (and kept for inspection)
+        broken = ShadowResult(error=str(exc))
+        return GateResult(
+            False, f"candidate files do not match its manifest: {exc}", broken.to_dict(), None, cfg.to_dict()
+        )
     if manifest.get("kind") == "stub" or manifest.get("stub"):
         empty = ShadowResult(error="stub candidate")
         return GateResult(False, "stub candidate (a dry run): never promoted", empty.to_dict(), None, cfg.to_dict())
