@@ -260,7 +260,13 @@ class PromotionStore(ModelStore):
             os.replace(candidate, dest)
             (dest / "gate.json").write_text(json.dumps(gate, indent=2, default=str) + "\n")
         self.append_audit(
-            {"decision": "rejected", "version": manifest["version"], "current": self.current_version(), **gate}
+            {
+                "decision": "rejected",
+                "version": manifest["version"],
+                "current": self.current_version(),
+                "files": manifest.get("files", {}),  # sha256 of what was rejected, as for promotions
+                **gate,
+            }
         )
         return dest
 

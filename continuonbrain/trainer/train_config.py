@@ -20,11 +20,14 @@ COMPONENT_ORDER = ("vqvae", "mid_loop", "fast_loop")
 class ComponentTrainConfig:
     """Budgets and optimisation of one component."""
 
-    #: Optimizer steps. ``--max-steps N`` caps every component at N.
+    #: Optimizer steps. ``--max-steps N`` caps every component at N. Under torchrun all ranks
+    #: run the same number of steps (every stop decision is agreed between them).
     max_steps: int = 150
     #: Wall-clock budget in seconds (thermal pauses count); null: none.
     max_wall_time_s: float | None = 300.0
-    #: Windows per batch.
+    #: Windows per batch, per rank: under ``torchrun --nproc_per_node=N`` each of the N ranks
+    #: draws ``batch_size`` windows from its own shard of the episodes and a step averages the
+    #: gradients of ``N * batch_size`` windows (the learning rate is not rescaled).
     batch_size: int = 64
     learning_rate: float = 3e-3
     weight_decay: float = 0.0
@@ -75,7 +78,8 @@ class SequentialConfig:
     #: Deterministic kernels and a fixed data order, so a killed-and-resumed run ends with the
     #: same weights as an uninterrupted one.
     deterministic: bool = True
-    #: torch intra-op threads (a Pi 5 has 4 cores; leave some for the robot).
+    #: torch intra-op threads (a Pi 5 has 4 cores; leave some for the robot). Per process: under
+    #: torchrun, N ranks on one board use N * torch_threads cores.
     torch_threads: int = 2
     #: Components to train, in order; each must come after the ones it depends on
     #: (mid_loop needs vqvae; fast_loop with ``model.fast.use_context`` needs mid_loop).
