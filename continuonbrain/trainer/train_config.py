@@ -87,8 +87,18 @@ class SequentialConfig:
     #: HopeConfig fields (see continuonbrain/hope/config.py). ``obs_dim``/``action_dim`` are
     #: taken from the data when absent.
     model: dict[str, Any] = field(default_factory=dict)
-    #: Dict observations: numeric keys concatenated into the state vector (null: all, sorted).
+    #: Dict observations: numeric keys concatenated into the state vector (null: all but the
+    #: image keys, sorted). Recorded as the model's ``state_keys``, so the brain builds the same
+    #: vector from a dict observation when it acts.
     observation_keys: list[str] | None = None
+    #: Dict observations: camera keys (``uint8 [H, W, C]`` frames, encoded or raw) that the
+    #: VQ-VAE's conv encoder tokenizes with the state vector. They feed the VQ-VAE and the Mid
+    #: loop; the Fast loop sees them only through the Mid loop's context, as when the brain
+    #: acts. ``model.image_shapes`` defaults to the first episode's first frame. Observations
+    #: may hold images only (no numeric key: ``obs_dim`` 0) if ``model.fast.use_context`` is on.
+    #: Windows then carry frames: a Mid shuffle buffer holds ``shuffle_buffer * L`` of them, so
+    #: keep it small for cameras (2048 two-second windows of 64x64 RGB at 50 Hz are ~2.5 GB).
+    image_keys: list[str] = field(default_factory=list)
     #: Dict actions: keys concatenated into the action vector (null: all, sorted).
     action_keys: list[str] | None = None
     #: Largest share of imagined episodes (provenance ``imagined:*``) in the training stream.

@@ -1,0 +1,264 @@
+"""The data side of HOPE sequential training: episodes in, model shapes and training windows out.
+
+Observations are vectors, or dicts whose state keys are concatenated (in ``state_keys``
+order) into the state vector and whose image keys (``uint8 [H, W, C]`` frames) go to the
+VQ-VAE's conv encoder. Which component sees what follows what the brain does when it acts
+(:meth:`~continuonbrain.hope.brain.HopeBrain.act`), so that training matches inference:
+
+* the VQ-VAE learns to tokenize the state vector *and* the images (single-step windows),
+* the Mid loop learns over the tokens of both (its windows carry the images, tokenized by
+  the frozen VQ-VAE),
+* the Fast loop sees only the state vector plus the Mid loop's context; the images reach it
+  through that context, which :func:`with_mid_context` computes from the state *and* the
+  images, as the brain does every ``mid_every`` ticks.
+
+Shapes (``obs_dim``, ``action_dim``, ``image_shapes``), the control rate and the key lists
+are taken from the first readable episode (:func:`infer_model_config`) unless the
+config's ``model`` block gives them, so a config need not repeat what the data already says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from continuonbrain.hope import HopeConfig
+from continuonbrain.rlds import Episode, read_episodes
+from continuonbrain.rlds.episode import ImageColumn
+from continuonbrain.rlds.windows import FastWindowDataset, MidTrajectoryDataset, MixedSource, WindowDataset
+from continuonbrain.trainer.train_config import ComponentTrainConfig, SequentialConfig
+
+__all__ = [
+    "TrainingError",
+    "batches",
+    "episode_source",
+    "infer_model_config",
+    "make_dataset",
+    "observation_keys",
+    "sample_observations",
+    "with_mid_context",
+]
+
+#: Frames tokenized at once when computing an episode's Mid context: bounds the conv
+#: encoder's activations (and the decoded frames) whatever the episode's length.
+TOKENIZE_CHUNK = 256
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or go on (no data, a missing dependency, a bad config)."""
+
+
+def episode_source(cfg: SequentialConfig) -> Callable[[], Iterator[Episode]]:
+    """A re-iterable stream of the good episodes (bad ones are skipped with a warning),
+    with imagined episodes capped at ``max_imagined_fraction``."""
+    path = cfg.rlds_dir
+
+    def episodes() -> Iterator[Episode]:
+        yield from read_episodes(path, on_error="warn")
+
+    if cfg.max_imagined_fraction is None:
+        return episodes
+    mixed = MixedSource([(episodes, 1.0)], seed=cfg.seed, max_imagined_fraction=cfg.max_imagined_fraction)
+    return lambda: iter(mixed)
+
+
+# --- shapes and keys -------------------------------------------------------------------------
+
+
+def _state_keys(cfg: SequentialConfig, model: dict[str, Any], obs: Any, image_keys: list[str]) -> list[str] | None:
+    """The dict keys of the state vector (None for vector observations): the config's
+    ``observation_keys``, else the model block's ``state_keys``, else every numeric key that is
+    not an image, sorted. Set explicitly in the HopeConfig so the brain builds, at inference,
+    the same vector the trainer built."""
+    if not isinstance(obs, dict):
+        return None
+    if cfg.observation_keys is not None:
+        keys = list(cfg.observation_keys)
+    elif model.get("state_keys"):
+        keys = list(model["state_keys"])
+    else:
+        keys = sorted(k for k, v in obs.items() if isinstance(v, np.ndarray) and k not in image_keys)
+    given = model.get("state_keys")
+    if given and list(given) != keys:
+        raise TrainingError(
+            f"model.state_keys {list(given)} differ from observation_keys {keys}: the brain would build another "
+            "state vector at inference than the one it was trained on"
+        )
+    return keys
+
+
+def _image_shapes(first: Episode, image_keys: list[str], given: dict[str, Any]) -> dict[str, list[int]]:
+    """``[H, W, C]`` per image key: the model block's, else the first episode's first frame."""
+    obs = first.observation
+    shapes = {k: list(v) for k, v in given.items()}
+    for key in image_keys:
+        if not isinstance(obs, dict):
+            raise TrainingError(f"image_keys {image_keys} need dict observations; the episodes' are vectors")
+        if key not in obs:
+            raise TrainingError(f"image key {key!r} is not in the observation (has {sorted(obs)})")
+        if key in shapes:
+            continue
+        col = obs[key]
+        frame = col[0].decode() if isinstance(col, ImageColumn) else np.asarray(col[0])
+        if frame.ndim != 3:
+            raise TrainingError(f"image {key!r} has frames of shape {list(frame.shape)}; expected [H, W, C]")
+        shapes[key] = [int(s) for s in frame.shape]
+    return shapes
+
+
+def infer_model_config(cfg: SequentialConfig, source: Callable[[], Iterator[Episode]]) -> HopeConfig:
+    """HopeConfig from the config's ``model`` block, with shapes, keys and rate taken from the data."""
+    first = next(iter(source()), None)
+    if first is None:
+        raise TrainingError(f"no readable episodes in {cfg.rlds_dir}")
+    model = dict(cfg.model)
+    given_images = list(model.get("image_keys") or [])
+    if cfg.image_keys and given_images and given_images != list(cfg.image_keys):
+        raise TrainingError(f"model.image_keys {given_images} differ from image_keys {list(cfg.image_keys)}")
+    image_keys = list(cfg.image_keys) or given_images
+    keys = _state_keys(cfg, model, first.observation, image_keys)
+    model.setdefault("obs_dim", int(first.observation_vector(keys).shape[1]))
+    model.setdefault("action_dim", int(first.action_vector(cfg.action_keys).shape[1]))
+    model.setdefault("control_hz", float(first.control_hz))
+    if keys is not None and (keys or image_keys):
+        model.setdefault("state_keys", keys)
+    if image_keys:
+        model["image_keys"] = image_keys
+        model["image_shapes"] = _image_shapes(first, image_keys, model.get("image_shapes") or {})
+    try:
+        hope_cfg = HopeConfig.from_dict(model)
+    except ValueError as exc:
+        raise TrainingError(f"the model config (the 'model' block plus what the data says) is invalid: {exc}") from None
+    if hope_cfg.obs_dim == 0 and hope_cfg.context_dim == 0 and "fast_loop" in cfg.order:
+        raise TrainingError(
+            "the observations have no state vector (only images) and the Fast loop does not use the Mid "
+            "loop's context (model.fast.use_context=false): it would see nothing. Keep use_context on, or "
+            "add numeric state keys to the observations"
+        )
+    return hope_cfg
+
+
+def observation_keys(cfg: SequentialConfig, hope_cfg: HopeConfig) -> list[str] | None:
+    """The keys the data pipeline concatenates into the state vector: the model's state keys
+    for dict observations (possibly none: images only), else the config's (vectors ignore them)."""
+    if hope_cfg.state_keys or hope_cfg.image_keys:
+        return list(hope_cfg.state_keys)
+    return cfg.observation_keys
+
+
+def sample_observations(
+    cfg: SequentialConfig, source: Callable[[], Iterator[Episode]], keys: Sequence[str] | None = None
+) -> np.ndarray:
+    """State vectors of the first ``normalizer_episodes`` episodes, to fit the normalisers."""
+    rows = []
+    for i, ep in enumerate(source()):
+        if i >= cfg.normalizer_episodes:
+            break
+        rows.append(ep.observation_vector(keys))
+    return np.concatenate(rows)
+
+
+# --- Mid context for the Fast loop -----------------------------------------------------------
+
+
+def _frames(col: Any, start: int, stop: int) -> np.ndarray:
+    """Frames ``[start, stop)`` of an image column as ``uint8 [n, H, W, C]``."""
+    if isinstance(col, ImageColumn):
+        return np.stack([np.asarray(col[i].decode(), np.uint8) for i in range(start, stop)])
+    return np.asarray(col[start:stop], np.uint8)
+
+
+def _episode_codes(ep: Episode, vqvae: nn.Module, obs: np.ndarray, image_keys: Sequence[str]) -> torch.Tensor:
+    """The VQ-VAE codes of every step, ``[1, T, n_tokens]``, tokenized ``TOKENIZE_CHUNK`` frames
+    at a time: decoding a whole episode's frames and running the conv encoder over all of
+    them at once would hold ``T`` frames of activations, far more than a Pi can spare."""
+    codes = []
+    for start in range(0, len(ep), TOKENIZE_CHUNK):
+        stop = min(start + TOKENIZE_CHUNK, len(ep))
+        images = {k: torch.from_numpy(_frames(ep.observation[k], start, stop))[None] for k in image_keys}
+        c, _ = vqvae.encode(torch.from_numpy(obs[start:stop])[None], images)  # type: ignore[operator]
+        codes.append(c)
+    return torch.cat(codes, dim=1)
+
+
+def with_mid_context(
+    source: Callable[[], Iterator[Episode]],
+    vqvae: nn.Module,
+    mid: nn.Module,
+    keys: list[str] | None,
+    keep: Callable[[int], bool] | None = None,
+    image_keys: Sequence[str] = (),
+) -> Callable[[], Iterator[Episode]]:
+    """Episodes carrying the frozen Mid loop's context per control step (``extras["context"]``):
+    what the Fast loop will see from the Mid loop at each tick when it runs on the robot,
+    where the Mid loop reads the tokens of the state vector (``keys``) and of the images
+    (``image_keys``).
+
+    ``keep(i)`` false: episode ``i`` of the stream is passed on without a context (for data
+    parallel training, the episodes of the other ranks' shards, which this rank's dataset
+    skips anyway: each rank runs the Mid loop over its own share only)."""
+
+    @torch.no_grad()
+    def episodes() -> Iterator[Episode]:
+        for i, ep in enumerate(source()):
+            if keep is not None and not keep(i):
+                yield ep
+                continue
+            obs = ep.observation_vector(keys)
+            batch = {"observation": torch.from_numpy(obs)[None], "action": torch.from_numpy(ep.action_vector())[None]}
+            if image_keys:  # the Mid loop takes codes as well as observations: tokenize in chunks
+                batch["codes"] = _episode_codes(ep, vqvae, obs, image_keys)
+            out = mid(batch, vqvae)
+            ep.extras["context"] = out["context_steps"][0].numpy()
+            yield ep
+
+    return episodes
+
+
+# --- windows ---------------------------------------------------------------------------------
+
+
+def make_dataset(
+    name: str,
+    comp: ComponentTrainConfig,
+    source: Callable[[], Iterator[Episode]],
+    cfg: SequentialConfig,
+    hope_cfg: HopeConfig | None = None,
+) -> WindowDataset:
+    """The component's windows: single steps for the VQ-VAE, Mid trajectories (1-10 s) for the
+    Mid loop, short Fast windows (50-100 ms) for the Fast loop. Images are decoded only for
+    the two components that tokenize them; the Fast loop reads the state vector and the context."""
+    keys = observation_keys(cfg, hope_cfg) if hope_cfg is not None else cfg.observation_keys
+    common: dict[str, Any] = {"shuffle_buffer": comp.shuffle_buffer, "seed": cfg.seed, "observation_keys": keys}
+    common["action_keys"] = cfg.action_keys
+    image_keys = list(hope_cfg.image_keys) if hope_cfg is not None else []
+    if name == "vqvae":  # single steps
+        return FastWindowDataset(source, steps=1, stride_steps=1, pad_start=False, image_keys=image_keys, **common)
+    if name == "mid_loop":
+        return MidTrajectoryDataset(source, length_s=comp.window_s or 2.0, image_keys=image_keys, **common)
+    return FastWindowDataset(source, length_s=comp.window_s or 0.1, **common)
+
+
+def batches(dataset: WindowDataset, batch_size: int, start_epoch: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Endless (epoch, batch) stream: epochs repeat until the step budget ends training.
+
+    A resumed epoch may have nothing left (the checkpoint came right after its last batch):
+    the stream then goes on with the next epoch, as the uninterrupted run did."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=0)
+    epoch = start_epoch
+    resumed = epoch == dataset.epoch and dataset.state_dict()["consumed_total"] > 0
+    while True:
+        if epoch != dataset.epoch:  # set_epoch rewinds: never on the epoch a resume restored
+            dataset.set_epoch(epoch)
+        produced = False
+        for batch in loader:
+            produced = True
+            yield epoch, batch
+        if not produced and not resumed:
+            raise TrainingError("the episodes yield no training windows (are they shorter than a window?)")
+        resumed = False
+        epoch += 1
