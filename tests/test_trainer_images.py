@@ -132,3 +132,16 @@ def test_image_key_missing_from_the_observations_is_a_clear_error(tmp_path: Path
     cfg = image_config(tmp_path, episodes, image_keys=["front"])
     with pytest.raises(TrainingError, match="image key 'front' is not in the observation"):
         SequentialTrainer(cfg).run()
+
+
+def test_the_promotion_gate_runs_an_image_brain_in_shadow(tmp_path: Path) -> None:
+    from continuonbrain.trainer.promotion import evaluate_candidate
+    from continuonbrain.trainer.store import PromotionStore
+
+    episodes = tmp_path / "episodes"
+    write_episodes([camera_episode(i) for i in range(4)], episodes)
+    cfg = image_config(tmp_path, episodes, observation_keys=["state"])
+    SequentialTrainer(cfg).run()
+    result = evaluate_candidate(PromotionStore(tmp_path / "models"), rlds_dir=episodes)
+    assert result.candidate["error"] is None, result.candidate["error"]
+    assert result.candidate["steps"] > 0 and result.candidate["violations"] == 0

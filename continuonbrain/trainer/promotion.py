@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from continuonbrain.hope import HopeBrain
+from continuonbrain.hope import HopeBrain, HopeConfig
 from continuonbrain.rlds import Episode, read_episodes
 from continuonbrain.trainer.safety import (
     GateResult,
@@ -39,17 +39,28 @@ def tail_episodes(rlds_dir: str | os.PathLike, n: int) -> list[Episode]:
     return tail
 
 
-def _pairs(episodes: Sequence[Episode], keys: Sequence[str] | None) -> Iterator[tuple[Any, Any]]:
+def _pairs(episodes: Sequence[Episode], hope: HopeConfig) -> Iterator[tuple[Any, Any]]:
+    """(observations, logged actions) per episode, shaped as the brain takes them on the
+    robot: state vectors, or dicts of state keys and decoded camera frames."""
+    keys = hope.state_keys or None
     for ep in episodes:
-        yield ep.observation_vector(keys), ep.action_vector()
+        if not hope.image_keys:
+            yield ep.observation_vector(keys), ep.action_vector()
+            continue
+        obs = ep.observation
+        frames = {k: obs[k] for k in hope.image_keys}
+        steps = [
+            {**{k: obs[k][t] for k in hope.state_keys}, **{k: col[t].decode() for k, col in frames.items()}}
+            for t in range(len(ep))
+        ]
+        yield steps, ep.action_vector()
 
 
 def shadow_brain(brain: HopeBrain, episodes: Sequence[Episode], cfg: SafetyGateConfig) -> ShadowResult:
     hope = brain.config
     bounds = {str(i): (lo, hi) for i, (lo, hi) in enumerate(zip(hope.action_low, hope.action_high, strict=True))}
     distance, violates = build_simple_action_guards(per_key_bounds=bounds)
-    keys = hope.state_keys or None
-    return shadow_evaluate(brain.act, brain.reset, _pairs(episodes, keys), distance, violates, cfg.max_eval_steps)
+    return shadow_evaluate(brain.act, brain.reset, _pairs(episodes, hope), distance, violates, cfg.max_eval_steps)
 
 
 def evaluate_candidate(
