@@ -442,7 +442,7 @@ class HopeBrain(nn.Module):
                 prev = torch.from_numpy((s.act_sum / s.act_count).astype(np.float32))[None]
             codes, _ = self.vqvae.encode(
                 torch.from_numpy(obs)[None] if obs.size else None,
-                {k: torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in images.items()},
+                {k: torch.from_numpy(np.array(v))[None] for k, v in images.items()},
             )
             ctx, s.mid_state = self.mid_loop.step(codes, s.mid_state, prev)
         s.act_sum[:] = 0.0
