@@ -136,6 +136,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (TrainingError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every rank has the summary: print it once
+        return 0
     if args.json:
         _print_json(summary)
         return 0
@@ -148,6 +152,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     print(f"candidate: {Path(summary['model_root']) / 'candidate'}")
     return 0
+
+
+# --- adapt ---------------------------------------------------------------------------------
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from continuonbrain.trainer.local_lora_trainer import run_command
+
+    return run_command(args)
 
 
 # --- models --------------------------------------------------------------------------------
@@ -250,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the HOPE v1 seed, one component at a time")
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
+
+    from continuonbrain.trainer.local_lora_trainer import add_arguments as add_adapt_arguments
+
+    p = sub.add_parser("adapt", help="LoRA-adapt the current model on the newest episodes, gate it, promote it")
+    add_adapt_arguments(p)
+    p.set_defaults(func=cmd_adapt)
 
     models = sub.add_parser("models", help="the model store: list, promote, rollback").add_subparsers(
         dest="models_command", required=True

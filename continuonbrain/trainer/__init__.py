@@ -1,1 +1,68 @@
-"""trainer package."""
+"""The trainer: HOPE sequential training, on-robot LoRA adaptation, the safety gate and the model store.
+
+The public names below are imported lazily (PEP 562), so ``import continuonbrain.trainer``
+costs nothing and never imports torch; torch comes in with the modules that need it
+(``sequential``, ``hooks_torch`` when hooks are built, ``store``)::
+
+    from continuonbrain.trainer import (build_torch_hooks, make_episode_loader, SafetyGateConfig,
+                                        LocalTrainerJobConfig, maybe_run_local_training)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "build_torch_hooks": "hooks_torch",
+    "make_episode_loader": "rlds_loader",
+    "SafetyGateConfig": "safety",
+    "build_simple_action_guards": "safety",
+    "LocalTrainerJobConfig": "local_lora_trainer",
+    "maybe_run_local_training": "local_lora_trainer",
+    "ModelHooks": "local_lora_trainer",
+    "TrainerResult": "local_lora_trainer",
+    "build_stub_hooks": "local_lora_trainer",
+    "GatingSensors": "scheduler",
+    "GatingConfig": "scheduler",
+}
+
+__all__ = [
+    "GatingConfig",
+    "GatingSensors",
+    "LocalTrainerJobConfig",
+    "ModelHooks",
+    "SafetyGateConfig",
+    "TrainerResult",
+    "build_simple_action_guards",
+    "build_stub_hooks",
+    "build_torch_hooks",
+    "make_episode_loader",
+    "maybe_run_local_training",
+]
+
+if TYPE_CHECKING:
+    from continuonbrain.trainer.hooks_torch import build_torch_hooks
+    from continuonbrain.trainer.local_lora_trainer import (
+        LocalTrainerJobConfig,
+        ModelHooks,
+        TrainerResult,
+        build_stub_hooks,
+        maybe_run_local_training,
+    )
+    from continuonbrain.trainer.rlds_loader import make_episode_loader
+    from continuonbrain.trainer.safety import SafetyGateConfig, build_simple_action_guards
+    from continuonbrain.trainer.scheduler import GatingConfig, GatingSensors
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

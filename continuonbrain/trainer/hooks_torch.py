@@ -1,0 +1,397 @@
+"""Torch hooks for the local LoRA trainer: a frozen base, LoRA on its Linear layers, PEFT files.
+
+:func:`build_torch_hooks` wires four pluggable parts into the trainer's
+:class:`~continuonbrain.trainer.local_lora_trainer.ModelHooks`:
+
+* ``base_model_loader``: returns the model to adapt, given the base directory (or no
+  argument). Default: the HOPE seed in ``<model_root>/current`` read with
+  ``HopeBrain.load(apply_adapter=False)``: each run trains a fresh adapter on the seed. It
+  must return a fresh model on every call: it is called for training and again for each
+  slot evaluated in shadow (with that slot's directory; its adapter is then merged).
+* ``lora_injector(model, layers)``: wraps the named ``nn.Linear`` layers in
+  :class:`~continuonbrain.hope.lora.LoRALinear` and returns the trainable parameters. Default:
+  :func:`make_lora_injector` with the config's rank, alpha and dropout. The adapter is saved
+  with :func:`~continuonbrain.hope.lora.save_adapter`, so the injector must produce those
+  layers (``inject_lora`` does).
+* ``loss_fn(model, batch)``: a loss tensor, or a dict with ``"loss"`` and other scalars to log,
+  on a batch of Fast windows (``observation [B, L, D]``, ``action [B, L, A]``, ``mask
+  [B, L]``, and ``context [B, L, C]`` for a HOPE seed with a Mid loop). Default for HOPE: the
+  Fast loop's behaviour-cloning loss; :func:`supervised_loss` adapts a ``(pred, target)``
+  criterion for other models.
+* ``action_distance_fn`` / ``safety_fn``: the gate's guards
+  (:func:`~continuonbrain.trainer.safety.build_simple_action_guards`).
+
+The candidate slot gets the base seed's files (config and component weights, copied when the
+run starts so a promotion meanwhile cannot change them under the adapter) plus
+``adapter_config.json`` and ``adapter_model.safetensors`` with PEFT's key names, which
+``HopeBrain.load`` merges for inference. Shadow evaluation loads each slot exactly as the
+runtime will (the HOPE brain on its numpy path), so what is gated is what will be served.
+
+torch is imported when the hooks are built, never at module import: ``import
+continuonbrain.trainer`` and stub dry runs stay free of it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from continuonbrain.trainer.local_lora_trainer import (
+    AdaptationError,
+    AdaptationJob,
+    CandidateFiles,
+    ModelHooks,
+    Policy,
+)
+from continuonbrain.trainer.safety import ActionDistance, Violates
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from continuonbrain.hope import HopeBrain, HopeConfig
+
+__all__ = [
+    "TorchLoRAHooks",
+    "build_torch_hooks",
+    "hope_bc_loss",
+    "hope_observations",
+    "load_hope_base",
+    "make_lora_injector",
+    "supervised_loss",
+]
+
+ModelLoader = Callable[..., "nn.Module"]
+LoraInjector = Callable[["nn.Module", Sequence[str]], "Sequence[nn.Parameter] | None"]
+LossFn = Callable[["nn.Module", dict[str, Any]], "torch.Tensor | dict[str, torch.Tensor]"]
+EvalForward = Callable[["nn.Module", Any], Any]
+
+
+# --------------------------------------------------------------------------- parts
+
+
+def load_hope_base(directory: str | Path) -> HopeBrain:
+    """The HOPE seed in ``directory`` without its adapter (the default ``base_model_loader``)."""
+    from continuonbrain.hope import CONFIG_NAME, HopeBrain
+
+    directory = Path(directory)
+    if not (directory / CONFIG_NAME).is_file():
+        raise AdaptationError(
+            "no_base",
+            f"no HOPE model in {directory}: train and promote a seed first "
+            "(continuonbrain train, then continuonbrain models promote)",
+        )
+    return HopeBrain.load(directory, apply_adapter=False)
+
+
+def make_lora_injector(rank: int = 4, alpha: float = 8.0, dropout: float = 0.0) -> LoraInjector:
+    """``(model, layers) -> LoRA parameters``: :func:`~continuonbrain.hope.lora.inject_lora`
+    with the base frozen."""
+
+    def inject(model: nn.Module, layers: Sequence[str]) -> list[nn.Parameter]:
+        from continuonbrain.hope.lora import inject_lora, lora_parameters
+
+        inject_lora(model, list(layers), rank=rank, alpha=alpha, dropout=dropout, freeze_base=True)
+        return lora_parameters(model)
+
+    return inject
+
+
+def hope_bc_loss(model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The Fast loop's behaviour-cloning loss (masked MSE in normalised action units)."""
+    return model.fast_loop.loss(batch)  # type: ignore[union-attr,operator]
+
+
+def supervised_loss(criterion: Callable[[Any, Any], torch.Tensor]) -> LossFn:
+    """Adapt a ``criterion(prediction, target)`` (e.g. ``torch.nn.functional.mse_loss``) for a
+    model mapping ``observation [B, L, D]`` to actions ``[B, L, A]``."""
+
+    def loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        return criterion(model(batch["observation"].float()), batch["action"].float())
+
+    return loss
+
+
+def _call_loader(loader: ModelLoader, directory: Path) -> nn.Module:
+    """Call ``loader(directory)`` or, for a loader that takes no argument, ``loader()``."""
+    try:
+        params = inspect.signature(loader).parameters.values()
+    except (TypeError, ValueError):
+        return loader(directory)
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    return loader(directory) if positional else loader()
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+class TorchLoRAHooks(ModelHooks):
+    """See the module doc; built by :func:`build_torch_hooks`."""
+
+    def __init__(
+        self,
+        base_model_loader: ModelLoader | None = None,
+        lora_injector: LoraInjector | None = None,
+        loss_fn: LossFn | None = None,
+        action_distance_fn: ActionDistance | None = None,
+        safety_fn: Violates | None = None,
+        eval_forward: EvalForward | None = None,
+    ) -> None:
+        self.base_model_loader = base_model_loader
+        self.lora_injector = lora_injector
+        self.loss_fn = loss_fn
+        self.action_distance_fn = action_distance_fn
+        self.safety_fn = safety_fn
+        self.eval_forward = eval_forward
+        self.is_hope = base_model_loader is None
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self.model: Any = None
+        self.optimizer: Any = None
+        self.params: list[Any] = []
+        self.batches: Iterator[dict[str, Any]] | None = None
+        self.job: AdaptationJob | None = None
+        self.base_copy: Path | None = None
+
+    # -- training
+
+    def start(self, job: AdaptationJob) -> None:
+        import torch
+
+        from continuonbrain.hope import HopeBrain
+        from continuonbrain.hope.lora import find_lora_layers
+
+        cfg = job.cfg
+        self.job = job
+        torch.set_num_threads(cfg.torch_threads)
+        torch.manual_seed(cfg.seed)
+        base_dir = job.base_dir
+        if self.base_model_loader is None:
+            self.base_copy = _snapshot_hope_files(base_dir, job.workdir / "base")
+            model = load_hope_base(self.base_copy)
+        else:
+            model = _call_loader(self.base_model_loader, base_dir)
+        self.is_hope = isinstance(model, HopeBrain)
+        if self.is_hope and self.base_copy is None:  # a custom loader that returned a HOPE brain
+            self.base_copy = _snapshot_hope_files(base_dir, job.workdir / "base")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        injector = self.lora_injector or make_lora_injector(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
+        params = injector(model, list(cfg.lora_layers))
+        layers = sorted(find_lora_layers(model))
+        if not layers:
+            raise AdaptationError("error", "the LoRA injector added no LoRALinear layers (use hope.lora.inject_lora)")
+        self.params = list(params) if params is not None else [p for n, p in model.named_parameters() if "lora_" in n]
+        for p in self.params:
+            p.requires_grad_(True)
+        episodes = job.train_episodes
+        obs_keys = cfg.observation_keys
+        if self.is_hope:
+            outside = [n for n in layers if not n.startswith("fast_loop.")]
+            if outside:
+                raise AdaptationError(
+                    "error", f"LoRA layers {outside} are outside the Fast loop, which is what the HOPE loss trains"
+                )
+            hope = model.config
+            # As in sequential training: the seed's state keys for dict observations, else the config's.
+            obs_keys = list(hope.state_keys) if (hope.state_keys or hope.image_keys) else obs_keys
+            if model.uses_mid:
+                _attach_mid_context(model, episodes, obs_keys)
+        if self.loss_fn is None and not self.is_hope:
+            raise AdaptationError("error", "a model from base_model_loader needs a loss_fn(model, batch)")
+        self.model = model
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.batches = self._batches(episodes, obs_keys)
+        job.log_event(
+            {
+                "event": "lora",
+                "layers": layers,
+                "trainable_params": int(sum(p.numel() for p in self.params)),
+                "base_dir": str(base_dir),
+            }
+        )
+
+    def _batches(self, episodes: list[Any], obs_keys: list[str] | None) -> Iterator[dict[str, Any]]:
+        """Endless Fast-window batches over the training episodes (a new shuffle each epoch)."""
+        import torch
+
+        from continuonbrain.rlds.windows import FastWindowDataset
+
+        assert self.job is not None
+        cfg = self.job.cfg
+        dataset = FastWindowDataset(
+            episodes,
+            length_s=cfg.window_s,
+            shuffle_buffer=cfg.batch_size * cfg.shuffle_buffer_multiplier,
+            seed=cfg.seed,
+            observation_keys=obs_keys,
+            action_keys=cfg.action_keys,
+        )
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=0)
+        epoch = 0
+        while True:
+            dataset.set_epoch(epoch)
+            produced = False
+            for batch in loader:
+                produced = True
+                yield batch
+            if not produced:
+                raise AdaptationError("no_data", "the training episodes yield no Fast windows")
+            epoch += 1
+
+    def train_step(self) -> dict[str, float]:
+        import torch
+
+        assert self.batches is not None and self.optimizer is not None
+        batch = next(self.batches)
+        trained = self.model.fast_loop if self.is_hope else self.model
+        trained.train()  # dropout only: the frozen Mid loop and VQ-VAE stay in eval mode
+        try:
+            out = (self.loss_fn or hope_bc_loss)(self.model, batch)
+        finally:
+            trained.eval()
+        losses = out if isinstance(out, dict) else {"loss": out}
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        clip = self.job.cfg.grad_clip if self.job else None
+        if clip:
+            torch.nn.utils.clip_grad_norm_(self.params, clip)
+        self.optimizer.step()
+        return {k: float(v.detach()) for k, v in losses.items() if torch.is_tensor(v) and v.dim() == 0}
+
+    def save_candidate(self, out_dir: Path) -> CandidateFiles:
+        from continuonbrain.hope.lora import find_lora_layers, save_adapter
+
+        assert self.job is not None and self.model is not None
+        cfg, base_dir = self.job.cfg, self.job.base_dir
+        adapter_dir = out_dir / "adapter"
+        files = save_adapter(adapter_dir, self.model, base_model_name_or_path=str(base_dir))
+        layers = find_lora_layers(self.model)
+        first = next(iter(layers.values()))
+        info = {
+            "target_modules": sorted(layers),
+            "r": first.rank,
+            "lora_alpha": first.alpha,
+            "trainable_params": int(sum(p.numel() for p in self.params)),
+            "format": "peft-lora",
+        }
+        if self.is_hope:
+            assert self.base_copy is not None
+            from continuonbrain.hope import list_components
+
+            base_files = sorted(p for p in self.base_copy.iterdir() if p.is_file())
+            return CandidateFiles([*base_files, *files], list_components(self.base_copy), "hope-lora", info)
+        base_files = []
+        if cfg.base_model_path and Path(cfg.base_model_path).is_file():
+            base_files = [Path(cfg.base_model_path)]
+        return CandidateFiles([*base_files, *files], [], "torch-lora", info)
+
+    def close(self) -> None:
+        from continuonbrain.trainer.budgets import release_memory
+
+        self._reset_state()
+        release_memory()
+
+    # -- shadow evaluation
+
+    def load_policy(self, slot_dir: Path) -> Policy | None:
+        from continuonbrain.hope import HopeBrain
+        from continuonbrain.hope.lora import ADAPTER_CONFIG_NAME, load_adapter
+
+        if self.is_hope:
+            brain = HopeBrain.load(slot_dir)  # adapter merged, numpy Fast path: what the runtime serves
+            return Policy(act=brain.act, reset=brain.reset, observations=hope_observations(brain.config))
+        assert self.base_model_loader is not None
+        model = _call_loader(self.base_model_loader, slot_dir)
+        if (slot_dir / ADAPTER_CONFIG_NAME).is_file():
+            load_adapter(slot_dir, model, merge=True)
+        model.eval()
+        forward = self.eval_forward or _default_forward
+        reset = getattr(model, "reset", None)
+        return Policy(act=lambda obs: forward(model, obs), reset=reset if callable(reset) else (lambda: None))
+
+
+def _default_forward(model: nn.Module, obs: Any) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        y = model(torch.as_tensor(np.asarray(obs, dtype=np.float32))[None])
+    return y[0].detach().cpu().numpy()
+
+
+def _snapshot_hope_files(base_dir: Path, dest: Path) -> Path:
+    """Copy the seed's config and component files (not its adapter or manifest) into the run's
+    scratch dir: the candidate is built from exactly the weights that were trained on."""
+    from continuonbrain.hope import CONFIG_NAME, component_path, list_components
+
+    if not (base_dir / CONFIG_NAME).is_file() or not list_components(base_dir):
+        raise AdaptationError(
+            "no_base",
+            f"no HOPE model in {base_dir}: train and promote a seed first "
+            "(continuonbrain train, then continuonbrain models promote)",
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    for src in [base_dir / CONFIG_NAME, *(component_path(base_dir, n) for n in list_components(base_dir))]:
+        shutil.copy2(src, dest / src.name)
+    return dest
+
+
+def _attach_mid_context(brain: HopeBrain, episodes: list[Any], obs_keys: list[str] | None) -> None:
+    """Each episode gets ``extras["context"]``: the frozen Mid loop's context at every control
+    step (camera frames tokenized too), what the Fast loop sees from it on the robot. The same
+    code as sequential training, so the adapter trains on the contexts the seed was trained on."""
+    from continuonbrain.trainer.hope_data import with_mid_context
+
+    source = with_mid_context(
+        lambda: iter(episodes), brain.vqvae, brain.mid_loop, obs_keys, image_keys=brain.config.image_keys
+    )
+    for _ in source():  # sets ep.extras["context"] in place
+        pass
+
+
+def hope_observations(config: HopeConfig) -> Callable[[Any], Iterator[Any]]:
+    """``episode -> observations`` as a HOPE brain takes them on the robot: state vectors, or
+    dicts of the state keys and decoded camera frames, one step at a time (a whole episode of
+    decoded frames would not fit a Pi's memory budget)."""
+    keys = list(config.state_keys) if (config.state_keys or config.image_keys) else None
+
+    def observations(ep: Any) -> Iterator[Any]:
+        if not config.image_keys:
+            yield from ep.observation_vector(keys)
+            return
+        obs = ep.observation
+        for t in range(len(ep)):
+            step: dict[str, Any] = {k: np.asarray(obs[k][t], np.float32) for k in config.state_keys}
+            for k in config.image_keys:
+                frame = obs[k][t]
+                step[k] = frame.decode() if hasattr(frame, "decode") else np.asarray(frame, np.uint8)
+            yield step
+
+    return observations
+
+
+def build_torch_hooks(
+    base_model_loader: ModelLoader | None = None,
+    lora_injector: LoraInjector | None = None,
+    loss_fn: LossFn | None = None,
+    *,
+    action_distance_fn: ActionDistance | None = None,
+    safety_fn: Violates | None = None,
+    eval_forward: EvalForward | None = None,
+) -> TorchLoRAHooks:
+    """Torch hooks for :func:`~continuonbrain.trainer.local_lora_trainer.maybe_run_local_training`.
+
+    With no arguments: LoRA on the HOPE seed in ``<model_root>/current`` (or
+    ``base_model_path``) with the config's rank/alpha/dropout and the Fast loop's BC loss.
+    ``eval_forward(model, observation) -> action`` runs a custom model in shadow (default:
+    ``model(obs[None])[0]``). Raises ImportError here, not mid-run, when torch is missing.
+    """
+    import torch  # noqa: F401
+
+    return TorchLoRAHooks(base_model_loader, lora_injector, loss_fn, action_distance_fn, safety_fn, eval_forward)

@@ -1,0 +1,448 @@
+"""The local LoRA trainer on a real (small) HOPE seed: stub dry runs through the command line,
+real adaptation to a shifted task that is gated and promoted, bad candidates that are
+rejected with current untouched, and the start gates. Crash safety of the store is covered by
+tests/test_store_promotion.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from continuonbrain.trainer import (
+    LocalTrainerJobConfig,
+    SafetyGateConfig,
+    build_stub_hooks,
+    build_torch_hooks,
+    make_episode_loader,
+    maybe_run_local_training,
+)
+from continuonbrain.trainer.hooks_torch import TorchLoRAHooks, hope_bc_loss, load_hope_base, make_lora_injector
+from continuonbrain.trainer.safety import build_simple_action_guards
+from continuonbrain.trainer.scheduler import EpisodeWatermark, GatingSensors, read_sensors
+from continuonbrain.trainer.store import PromotionStore
+
+REPO = Path(__file__).resolve().parents[1]
+DONKEY = REPO / "continuonbrain" / "configs" / "pi5-donkey.json"
+ACTION_KEYS = ["dq1_cmd", "dq2_cmd"]  # reach2d's action names: the guards bound them by name
+GOOD = GatingSensors(robot_idle=True, battery_level=0.9, cpu_temp_c=50.0, teleop_active=False, mode="idle")
+
+
+@pytest.fixture(scope="module")
+def seed(tmp_path_factory) -> dict[str, Path]:
+    """A small HOPE seed (VQ-VAE, Mid loop, Fast loop) trained on reach2d and promoted to
+    current, plus episodes of a shifted task (a weaker arm: gain 0.5) to adapt to."""
+    from continuonbrain.sim.collect import collect_to_dir
+    from continuonbrain.trainer.sequential import SequentialTrainer
+    from continuonbrain.trainer.train_config import SequentialConfig
+
+    tmp = tmp_path_factory.mktemp("lora")
+    collect_to_dir("reach2d", 40, tmp / "base", seed=3)
+    collect_to_dir("reach2d", 40, tmp / "gain05", seed=21, env_kwargs={"gain": 0.5})
+    steps = 60
+    comps = {
+        "vqvae": {"max_steps": steps, "batch_size": 128, "shuffle_buffer": 1024, "checkpoint_every": 1000},
+        "mid_loop": {"max_steps": steps, "batch_size": 8, "window_s": 2.0, "checkpoint_every": 1000},
+        "fast_loop": {"max_steps": steps, "batch_size": 64, "window_s": 0.1, "checkpoint_every": 1000},
+    }
+    cfg = SequentialConfig(
+        rlds_dir=str(tmp / "base"),
+        model_root=str(tmp / "models"),
+        run_dir=str(tmp / "run"),
+        torch_threads=1,
+        components=comps,
+    )
+    cfg.thermal.sysfs_root = str(tmp / "no-sysfs")
+    SequentialTrainer(cfg).run()
+    PromotionStore(tmp / "models").promote({"passed": True, "reason": "seed for the LoRA tests"})
+    return {"models": tmp / "models", "base": tmp / "base", "gain05": tmp / "gain05"}
+
+
+def fresh_store(seed: dict[str, Path], tmp: Path) -> Path:
+    root = tmp / "models"
+    shutil.copytree(seed["models"], root, symlinks=True)
+    return root
+
+
+def job(tmp: Path, rlds: Path, models: Path, **overrides) -> LocalTrainerJobConfig:
+    """The shipped Donkeycar config pointed at temp dirs and reach2d's action names."""
+    over = {
+        "rlds_dir": str(rlds),
+        "model_root": str(models),
+        "log_dir": str(tmp / "logs"),
+        "action_keys": ACTION_KEYS,
+        "per_key_bounds": {k: [-1.0, 1.0] for k in ACTION_KEYS},
+        "sysfs_root": str(tmp / "no-sysfs"),
+        **overrides,
+    }
+    return LocalTrainerJobConfig.from_json(DONKEY).with_overrides(over)
+
+
+def slot_bytes(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_the_shipped_config_and_overrides(tmp_path: Path) -> None:
+    cfg = LocalTrainerJobConfig.from_json(DONKEY)
+    assert cfg.action_keys == ["steering", "throttle"]
+    assert cfg.per_key_bounds == {"steering": [-1.0, 1.0], "throttle": [-1.0, 1.0]}
+    assert cfg.safety_config() == SafetyGateConfig()  # the shipped gate is the documented default
+    data = {**json.loads(DONKEY.read_text()), "rlds_dir": "episodes", "model_root": "../models"}
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "job.json").write_text(json.dumps(data))
+    cfg = LocalTrainerJobConfig.from_json(tmp_path / "cfg" / "job.json", max_steps=5)
+    assert cfg.rlds_dir == str(tmp_path / "cfg" / "episodes") and cfg.model_root == str(tmp_path / "models")
+    assert cfg.max_steps == 5
+    assert cfg.with_overrides({"safety.eval_tail_episodes": 2}).safety_config().eval_tail_episodes == 2
+    (tmp_path / "bad.json").write_text(json.dumps({**data, "lora_rnak": 8}))
+    with pytest.raises(ValueError, match="lora_rnak"):
+        LocalTrainerJobConfig.from_json(tmp_path / "bad.json")
+
+
+# --------------------------------------------------------------------------- 1. stub dry run, real CLI
+
+
+def test_stub_hooks_command_runs_the_loop_and_never_replaces_current(seed, tmp_path: Path) -> None:
+    root = fresh_store(seed, tmp_path)
+    before = slot_bytes(root / "current")
+    version = PromotionStore(root).current_version()
+    logs = tmp_path / "logs"
+    common = ["--config", str(DONKEY), "--use-stub-hooks", "--rlds-dir", str(seed["gain05"]), "--model-root", str(root)]
+    sets = ["--set", f"log_dir={logs}", "--set", "max_steps=25", "--set", f"action_keys={json.dumps(ACTION_KEYS)}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "continuonbrain.trainer.local_lora_trainer", *common, *sets, "--json"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["status"] == "dry_run" and out["stub"] is True and out["promoted"] is False
+    assert out["steps"] == 25 and out["stop_reason"] == "max_steps"
+    assert out["episodes"] == {"found": 40, "train": 32, "eval": 8}
+    assert out["gate"]["candidate"]["steps"] > 0 and "stub" in out["reason"]
+    # The stub went through the candidate slot and was set aside: current is byte-identical.
+    store = PromotionStore(root)
+    assert store.current_version() == version and slot_bytes(root / "current") == before
+    assert not store.slot("candidate").exists()
+    rejected = root / "rejected" / out["candidate_version"]
+    assert json.loads((rejected / "manifest.json").read_text())["kind"] == "stub"
+    last = store.audit()[-1]
+    assert last["decision"] == "rejected" and last["stub"] is True and "stub" in last["reason"]
+    status = json.loads((logs / "status.json").read_text())
+    assert status["status"] == "dry_run" and status["current_version"] == version and status["steps"] == 25
+    assert Path(status["latest_log"]).is_file() and status["losses"]
+
+    # The same through `continuonbrain adapt`, human output.
+    proc = subprocess.run(
+        [sys.executable, "-m", "continuonbrain", "adapt", *common, *sets],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("adapt: DRY_RUN") and "steps 25 (stop: max_steps)" in proc.stdout
+    assert slot_bytes(root / "current") == before
+    assert len(list((root / "rejected").iterdir())) == 2
+
+
+# --------------------------------------------------------------------------- 2. real adaptation
+
+
+def test_adaptation_to_a_shifted_task_is_gated_and_promoted(seed, tmp_path: Path) -> None:
+    root = fresh_store(seed, tmp_path)
+    seed_version = PromotionStore(root).current_version()
+    seed_fast = (root / "current" / "fast_loop.safetensors").read_bytes()
+    cfg = job(tmp_path, seed["gain05"], root, max_steps=150)
+    distance, violates = build_simple_action_guards(
+        numeric_abs_limit=None, per_key_bounds={k: (-1.0, 1.0) for k in ACTION_KEYS}, delta_weight=1.0
+    )
+    hooks = build_torch_hooks(
+        base_model_loader=load_hope_base,
+        lora_injector=make_lora_injector(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout),
+        loss_fn=hope_bc_loss,
+        action_distance_fn=distance,
+        safety_fn=violates,
+    )
+    result = maybe_run_local_training(cfg, hooks, SafetyGateConfig(), gating=None, episode_loader=make_episode_loader())
+
+    assert result.status == "promoted" and result.promoted, result.reason
+    assert result.steps == 150 and result.stop_reason == "max_steps"
+    assert result.final_loss < 0.5 * result.initial_loss
+    # The held-out episodes of the shifted task: the adapter acts closer to what was done.
+    assert result.after_avg_action_delta < result.before_avg_action_delta - 0.02
+    assert result.after_avg_action_delta < SafetyGateConfig().avg_action_delta_threshold
+    assert result.gate["candidate"]["violations"] == 0 and result.gate["candidate"]["steps"] > 0
+
+    store = PromotionStore(root)
+    assert store.current_version() == result.candidate_version
+    assert [m["version"] for m in store.history()] == [seed_version]  # the previous current
+    manifest = store.manifest("current")
+    assert manifest["kind"] == "hope-lora" and manifest["parent"] == seed_version
+    assert manifest["rlds_dir"] == str(seed["gain05"]) and manifest["metrics"]["steps"] == 150
+    assert {"adapter_config.json", "adapter_model.safetensors", "fast_loop.safetensors"} <= set(manifest["files"])
+    assert (root / "current" / "fast_loop.safetensors").read_bytes() == seed_fast  # the seed, plus an adapter
+
+    # PEFT-format adapter, merged by HopeBrain.load for inference.
+    from safetensors.torch import load_file
+
+    from continuonbrain.hope import HopeBrain
+
+    keys = sorted(load_file(str(root / "current" / "adapter_model.safetensors")))
+    assert keys and all(k.startswith("base_model.model.fast_loop.") for k in keys)
+    assert all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in keys)
+    adapter_cfg = json.loads((root / "current" / "adapter_config.json").read_text())
+    assert adapter_cfg["peft_type"] == "LORA" and adapter_cfg["r"] == cfg.lora_rank
+    obs = next(iter(make_episode_loader()(seed["gain05"], 1))).observation_vector()[0]
+    merged = HopeBrain.load(root / "current").act(obs)
+    plain = HopeBrain.load(root / "current", apply_adapter=False).act(obs)
+    assert not np.allclose(merged, plain)
+
+    # The audit line says why, with metrics and the sha256 of each file.
+    last = store.audit()[-1]
+    assert last["decision"] == "promoted" and last["version"] == result.candidate_version
+    assert "avg action delta" in last["reason"] and last["previous"] == seed_version
+    assert last["metrics"]["candidate"]["avg_action_delta"] == pytest.approx(result.after_avg_action_delta)
+    assert last["metrics"]["current"]["avg_action_delta"] == pytest.approx(result.before_avg_action_delta)
+    assert last["files"]["adapter_model.safetensors"] == sha256(root / "current" / "adapter_model.safetensors")
+
+    status = json.loads((tmp_path / "logs" / "status.json").read_text())
+    assert status["promoted"] and status["current_version"] == result.candidate_version
+    assert status["history_count"] == 1 and status["steps"] == 150 and status["losses"]
+    assert Path(status["latest_log"]).is_file()
+
+    # Those episodes are trained on: a scheduled run waits for new ones.
+    again = maybe_run_local_training(cfg, build_stub_hooks(), SafetyGateConfig(), gating=GOOD)
+    assert again.status == "skipped" and again.reason == "no_new_episodes"
+
+
+def camera_episode(i: int, n: int = 40):
+    """A Donkeycar-shaped episode: a camera frame and a state vector in, named steering and
+    throttle out (the camera brightness follows the state, so the image carries it too)."""
+    from conftest import png_bytes
+
+    from continuonbrain.rlds import Episode, LazyImage
+
+    rows = []
+    for t in range(n):
+        x = float(np.sin(0.1 * t + i))
+        cam = LazyImage(data=png_bytes(16, 16, value=int(120 + 100 * x)), format="png")
+        obs = {"camera": cam, "state": [x, float(np.cos(0.1 * t + i))]}
+        rows.append({"observation": obs, "action": {"steering": [0.5 * x], "throttle": [0.3]}})
+    return Episode.from_steps(rows, {"episode_id": f"cam{i:03d}"})
+
+
+def test_a_camera_seed_adapts_with_the_shipped_donkeycar_config(tmp_path: Path) -> None:
+    """Dict observations with camera frames (tokenized for the Mid context, decoded for the
+    shadow gate) and dict actions named steering/throttle, bounded by the shipped guards."""
+    from continuonbrain.rlds import write_episodes
+    from continuonbrain.trainer.sequential import SequentialTrainer
+    from continuonbrain.trainer.train_config import SequentialConfig
+
+    write_episodes([camera_episode(i) for i in range(20)], tmp_path / "episodes")
+    comp = {"max_steps": 8, "checkpoint_every": 100, "shuffle_buffer": 64, "warmup_steps": 2}
+    seed_cfg = SequentialConfig(
+        rlds_dir=str(tmp_path / "episodes"),
+        model_root=str(tmp_path / "models"),
+        run_dir=str(tmp_path / "run"),
+        torch_threads=1,
+        normalizer_episodes=8,
+        image_keys=["camera"],
+        observation_keys=["state"],
+        model={"vqvae": {"codebook_size": 16, "conv_channels": [8, 8]}},
+        components={
+            "vqvae": {**comp, "batch_size": 32},
+            "mid_loop": {**comp, "batch_size": 4, "window_s": 1.0},
+            "fast_loop": {**comp, "batch_size": 32, "window_s": 0.1},
+        },
+    )
+    seed_cfg.thermal.sysfs_root = str(tmp_path / "no-sysfs")
+    SequentialTrainer(seed_cfg).run()
+    PromotionStore(tmp_path / "models").promote({"passed": True, "reason": "camera seed"})
+
+    cfg = LocalTrainerJobConfig.from_json(DONKEY).with_overrides(
+        {
+            "rlds_dir": str(tmp_path / "episodes"),
+            "model_root": str(tmp_path / "models"),
+            "log_dir": str(tmp_path / "logs"),
+            "max_steps": 20,
+        }
+    )
+    result = maybe_run_local_training(cfg, build_torch_hooks(), SafetyGateConfig())
+    assert result.status in ("promoted", "rejected"), result.reason
+    assert result.steps == 20 and result.episodes == {"found": 20, "train": 12, "eval": 8}
+    for side in ("candidate", "current"):
+        assert result.gate[side]["error"] is None and result.gate[side]["steps"] == 8 * 40
+        assert result.gate[side]["violations"] == 0
+    assert result.gate["config"]["avg_action_delta_threshold"] == 0.25
+
+
+# --------------------------------------------------------------------------- 3. bad candidates
+
+
+def test_a_candidate_that_breaks_the_bounds_is_rejected(seed, tmp_path: Path) -> None:
+    """Episodes whose actions are 3x the expert's teach the adapter to slam the joints. HOPE
+    actions are tanh-bounded to the model's [-1, 1], so the guards here are tighter (0.9):
+    the seed stays inside them on these observations, the candidate does not."""
+    from continuonbrain.rlds import read_episodes, write_episodes
+
+    root = fresh_store(seed, tmp_path)
+    before = slot_bytes(root / "current")
+    version = PromotionStore(root).current_version()
+    episodes = list(read_episodes(seed["gain05"]))[:24]
+    bad = [
+        dataclasses.replace(ep, action=np.asarray(ep.action) * 3.0, metadata={**ep.metadata, "episode_id": f"x3-{i}"})
+        for i, ep in enumerate(episodes)
+    ]
+    write_episodes(bad, tmp_path / "x3")
+    cfg = job(tmp_path, tmp_path / "x3", root, max_steps=60)
+    distance, violates = build_simple_action_guards(per_key_bounds={k: (-0.9, 0.9) for k in ACTION_KEYS})
+    result = maybe_run_local_training(
+        cfg, build_torch_hooks(action_distance_fn=distance, safety_fn=violates), SafetyGateConfig()
+    )
+
+    assert result.status == "rejected" and not result.promoted
+    assert "bounds violation" in result.reason
+    assert result.gate["candidate"]["violations"] > 0 and result.gate["current"]["violations"] == 0
+    assert PromotionStore(root).current_version() == version
+    assert slot_bytes(root / "current") == before  # byte-identical
+    last = PromotionStore(root).audit()[-1]
+    assert last["decision"] == "rejected" and last["version"] == result.candidate_version
+    assert "bounds violation" in last["reason"] and last["files"]["adapter_model.safetensors"]
+    assert (root / "rejected" / result.candidate_version / "gate.json").is_file()
+
+
+class CorruptingHooks(TorchLoRAHooks):
+    """Torch hooks whose saved adapter file is damaged (a bad SD-card write)."""
+
+    def save_candidate(self, out_dir: Path):
+        files = super().save_candidate(out_dir)
+        weights = next(p for p in files.files if p.name == "adapter_model.safetensors")
+        weights.write_bytes(weights.read_bytes()[:100])
+        return files
+
+
+def test_a_candidate_with_a_corrupted_adapter_is_rejected(seed, tmp_path: Path) -> None:
+    root = fresh_store(seed, tmp_path)
+    before = slot_bytes(root / "current")
+    cfg = job(tmp_path, seed["gain05"], root, max_steps=20)
+    result = maybe_run_local_training(cfg, CorruptingHooks(), SafetyGateConfig())
+    assert result.status == "rejected", result.reason
+    assert "cannot load" in result.reason and result.gate["candidate"]["error"]
+    assert slot_bytes(root / "current") == before
+    assert PromotionStore(root).audit()[-1]["decision"] == "rejected"
+
+
+# --------------------------------------------------------------------------- 4. start gates
+
+
+def fake_sysfs(root: Path, temp_c: float, battery_percent: int) -> Path:
+    zone = root / "class" / "thermal" / "thermal_zone0"
+    zone.mkdir(parents=True, exist_ok=True)
+    (zone / "temp").write_text(f"{int(temp_c * 1000)}\n")
+    bat = root / "class" / "power_supply" / "BAT0"
+    bat.mkdir(parents=True, exist_ok=True)
+    (bat / "type").write_text("Battery\n")
+    (bat / "capacity").write_text(f"{battery_percent}\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("reason", "sensors"),
+    [
+        ("not_idle", dataclasses.replace(GOOD, robot_idle=False, mode="autonomous")),
+        ("teleop_active", dataclasses.replace(GOOD, teleop_active=True)),
+        ("battery_low", dataclasses.replace(GOOD, battery_level=0.2)),
+        ("too_hot", "sysfs"),
+        ("no_new_episodes", GOOD),
+    ],
+)
+def test_each_start_gate_skips_with_its_reason(seed, tmp_path: Path, reason: str, sensors) -> None:
+    root = tmp_path / "models"
+    cfg = job(tmp_path, seed["gain05"], root)
+    if sensors == "sysfs":  # the real sensor path, on a fake sysfs and state file
+        fake_sysfs(tmp_path / "sys", temp_c=81.5, battery_percent=90)
+        (tmp_path / "state.json").write_text(json.dumps({"mode": "idle"}))
+        sensors = lambda: read_sensors(tmp_path / "sys", tmp_path / "state.json", env={})  # noqa: E731
+    if reason == "no_new_episodes":
+        EpisodeWatermark(cfg.rlds_dir, cfg.log_dir).mark_trained()
+    result = maybe_run_local_training(cfg, build_stub_hooks(), SafetyGateConfig(), gating=sensors)
+    assert result.status == "skipped" and result.reason == reason and result.detail
+    assert result.gating["gates"] and result.steps == 0 and result.log_path is None
+    assert not (root / "candidate").exists() and not (root / "audit.jsonl").exists()  # nothing written
+    assert json.loads((tmp_path / "logs" / "status.json").read_text())["reason"] == reason
+
+
+def test_too_few_episodes_is_no_data_and_writes_nothing(seed, tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    cfg = job(tmp_path, seed["gain05"], root, min_episodes=41, max_episodes=100)
+    result = maybe_run_local_training(cfg, build_stub_hooks(), SafetyGateConfig(), gating=GOOD)
+    assert result.status == "no_data" and "need at least 41" in result.reason
+    assert not (root / "candidate").exists() and not (root / "audit.jsonl").exists()
+
+
+def test_a_pending_seed_a_busy_store_and_a_missing_base_are_reported(seed, tmp_path: Path) -> None:
+    import fcntl
+
+    root = tmp_path / "models"
+    store = PromotionStore(root)
+    src = tmp_path / "seed-files"
+    shutil.copytree(seed["models"] / "current", src)
+    (src / "manifest.json").unlink()
+    store.write_slot("candidate", sorted(src.iterdir()), components=["fast_loop"], kind="hope-seed")
+    cfg = job(tmp_path, seed["gain05"], root)
+    result = maybe_run_local_training(cfg, build_stub_hooks(), SafetyGateConfig())
+    assert result.status == "skipped" and result.reason == "candidate_pending"  # a seed awaiting review is kept
+    assert store.manifest("candidate")["kind"] == "hope-seed"
+
+    with (root / ".adapt.lock").open("a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        result = maybe_run_local_training(cfg, build_stub_hooks(), SafetyGateConfig())
+    assert result.status == "skipped" and result.reason == "busy"
+
+    empty = tmp_path / "empty-store"
+    result = maybe_run_local_training(job(tmp_path, seed["gain05"], empty), build_torch_hooks(), SafetyGateConfig())
+    assert result.status == "no_base" and "train and promote a seed first" in result.reason
+    assert not (empty / "candidate").exists()
+
+
+# --------------------------------------------------------------------------- 6. PEFT interop (optional)
+
+
+def test_a_saved_adapter_loads_with_peft_and_gives_the_same_outputs(seed, tmp_path: Path) -> None:
+    peft = pytest.importorskip("peft", reason="peft is not installed (pip install '.[peft]')")
+    import torch
+
+    from continuonbrain.hope import HopeBrain
+    from continuonbrain.hope.lora import inject_lora, save_adapter
+
+    torch.manual_seed(0)
+    ours = HopeBrain.load(seed["models"] / "current", apply_adapter=False, backend="torch")
+    inject_lora(ours, ["fast_loop.*"], rank=4, alpha=8.0)
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05)  # a trained-looking adapter, not the zero init
+    save_adapter(tmp_path / "adapter", ours)
+    obs = torch.randn(3, 5, ours.config.obs_dim)
+    with torch.no_grad():
+        expected = ours.fast_loop(obs)
+
+    base = HopeBrain.load(seed["models"] / "current", apply_adapter=False, backend="torch")
+    model = peft.PeftModel.from_pretrained(base, str(tmp_path / "adapter"))
+    model.eval()
+    with torch.no_grad():
+        got = model.base_model.model.fast_loop(obs)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
