@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from continuonbrain.trainer.fsutil import fsync_dir, fsync_file
+
 _SKELETON_KEY = "continuonbrain.checkpoint.skeleton"
 
 
@@ -91,28 +93,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if _SKELETON_KEY not in meta:
         raise ValueError(f"{path} is not a ContinuonBrain checkpoint (no skeleton in its header)")
     return _unflatten(json.loads(meta[_SKELETON_KEY]), load_file(str(path)))
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename durable: fsync the directory entry (a no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def rng_state() -> dict[str, Any]:

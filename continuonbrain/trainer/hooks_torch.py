@@ -202,7 +202,7 @@ class TorchLoRAHooks(ModelHooks):
             # As in sequential training: the seed's state keys for dict observations, else the config's.
             obs_keys = list(hope.state_keys) if (hope.state_keys or hope.image_keys) else obs_keys
             if model.uses_mid:
-                _attach_mid_context(model, episodes, obs_keys)
+                _attach_mid_context(model, episodes, obs_keys, cfg.action_keys)
         if self.loss_fn is None and not self.is_hope:
             raise AdaptationError("error", "a model from base_model_loader needs a loss_fn(model, batch)")
         self.model = model
@@ -342,14 +342,21 @@ def _snapshot_hope_files(base_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def _attach_mid_context(brain: HopeBrain, episodes: list[Any], obs_keys: list[str] | None) -> None:
+def _attach_mid_context(
+    brain: HopeBrain, episodes: list[Any], obs_keys: list[str] | None, action_keys: list[str] | None
+) -> None:
     """Each episode gets ``extras["context"]``: the frozen Mid loop's context at every control
     step (camera frames tokenized too), what the Fast loop sees from it on the robot. The same
     code as sequential training, so the adapter trains on the contexts the seed was trained on."""
     from continuonbrain.trainer.hope_data import with_mid_context
 
     source = with_mid_context(
-        lambda: iter(episodes), brain.vqvae, brain.mid_loop, obs_keys, image_keys=brain.config.image_keys
+        lambda: iter(episodes),
+        brain.vqvae,
+        brain.mid_loop,
+        obs_keys,
+        image_keys=brain.config.image_keys,
+        action_keys=action_keys,
     )
     for _ in source():  # sets ep.extras["context"] in place
         pass

@@ -192,6 +192,7 @@ def with_mid_context(
     keys: list[str] | None,
     keep: Callable[[int], bool] | None = None,
     image_keys: Sequence[str] = (),
+    action_keys: Sequence[str] | None = None,
 ) -> Callable[[], Iterator[Episode]]:
     """Episodes carrying the frozen Mid loop's context per control step (``extras["context"]``):
     what the Fast loop will see from the Mid loop at each tick when it runs on the robot,
@@ -209,7 +210,10 @@ def with_mid_context(
                 yield ep
                 continue
             obs = ep.observation_vector(keys)
-            batch = {"observation": torch.from_numpy(obs)[None], "action": torch.from_numpy(ep.action_vector())[None]}
+            batch = {
+                "observation": torch.from_numpy(obs)[None],
+                "action": torch.from_numpy(ep.action_vector(action_keys))[None],
+            }
             if image_keys:  # the Mid loop takes codes as well as observations: tokenize in chunks
                 batch["codes"] = _episode_codes(ep, vqvae, obs, image_keys)
             out = mid(batch, vqvae)

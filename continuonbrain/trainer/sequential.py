@@ -288,7 +288,7 @@ class SequentialTrainer:
             mid = load_component(self.components_dir, "mid_loop", hope_cfg)
             # Only this rank's episodes need a context (the dataset skips the others').
             keep = None if world == 1 else ranks.owns
-            source = with_mid_context(source, vqvae, mid, keys, keep, hope_cfg.image_keys)
+            source = with_mid_context(source, vqvae, mid, keys, keep, hope_cfg.image_keys, cfg.action_keys)
         dataset = make_dataset(name, comp, source, cfg, hope_cfg)
         module.train()
         optimizer = torch.optim.AdamW(module.parameters(), lr=comp.learning_rate, weight_decay=comp.weight_decay)
@@ -462,6 +462,7 @@ class SequentialTrainer:
             kind="hope-seed",
             parent=current["version"] if current else None,
             metrics={n: state["components"][n] for n in done},
+            extra={"rlds_dir": self.cfg.rlds_dir},  # what the promotion gate holds its tail out of
         )
 
     def _summary(self, state: dict[str, Any]) -> dict[str, Any]:
