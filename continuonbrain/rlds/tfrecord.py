@@ -32,6 +32,7 @@ from typing import BinaryIO
 
 import crc32c as crc32c_lib
 
+from continuonbrain.fsutil import fsync_dir
 from continuonbrain.rlds.errors import RLDSError
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -248,7 +249,7 @@ class TFRecordWriter:
         os.fsync(self._raw.fileno())
         self._raw.close()
         os.replace(self._tmp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def abort(self) -> None:
         """Drop everything written so far."""
@@ -277,17 +278,3 @@ def write_records(path: str | os.PathLike, payloads: Iterable[bytes], gzip: bool
         for payload in payloads:
             writer.write(payload)
     return writer.count
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable: on Linux the directory entry needs its own fsync."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

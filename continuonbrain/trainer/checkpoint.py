@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from continuonbrain.trainer.fsutil import fsync_dir, fsync_file
+from continuonbrain.fsutil import fsync_dir, fsync_file
 
 _SKELETON_KEY = "continuonbrain.checkpoint.skeleton"
 

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from continuonbrain.trainer.fsutil import fsync_dir, fsync_file
+from continuonbrain.fsutil import fsync_dir, fsync_file
 
 SLOTS = ("candidate", "current")
 MANIFEST = "manifest.json"

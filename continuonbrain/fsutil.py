@@ -2,7 +2,8 @@
 
 ``os.replace`` is atomic, but without an fsync of the file before and of the directory after,
 a power cut can still leave an empty file or the old directory entry. Kept apart from the
-checkpoint code so the model store (and the stub dry runs that use it) never import torch.
+checkpoint code so the model store (and the stub dry runs that use it) never import torch, and
+shared by the RLDS writers and the trainer (a leaf module: it imports nothing of the project).
 """
 
 from __future__ import annotations
