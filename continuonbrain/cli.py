@@ -120,9 +120,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="cap every component at N steps")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoints")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--events", metavar="FILE", help="also append every progress event to FILE as JSON lines")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import signal
+
+    from continuonbrain.trainer.metrics import EventFile
     from continuonbrain.trainer.sequential import SequentialTrainer, TrainingError
     from continuonbrain.trainer.train_config import SequentialConfig
 
@@ -132,7 +136,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         if args.max_steps is not None:
             cfg.cap_steps(args.max_steps)
-        summary = SequentialTrainer(cfg).run(resume=args.resume)
+        with EventFile(args.events) as events:
+            trainer = SequentialTrainer(cfg, on_event=events)
+
+            def stop(signum: int, frame: object) -> None:  # SIGTERM (the API's stop): checkpoint, then stop
+                trainer.stop_requested = True
+
+            signal.signal(signal.SIGTERM, stop)
+            summary = trainer.run(resume=args.resume)
     except (TrainingError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -152,6 +163,87 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     print(f"candidate: {Path(summary['model_root']) / 'candidate'}")
     return 0
+
+
+# --- eval ----------------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import gymnasium
+
+    from continuonbrain.runtime.brain_service import NoModelError
+    from continuonbrain.runtime.served_policy import ModelEnvMismatch, evaluate_served
+    from continuonbrain.sim.evaluate import percent
+
+    try:
+        result = evaluate_served(args.model_root, args.env, slot=args.slot, episodes=args.episodes, seed=args.seed)
+    except (NoModelError, ModelEnvMismatch, gymnasium.error.Error, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json(result)
+        return 0
+    dist = "tracking error" if result["distance_metric"] == "tracking_error" else "final distance"
+    print(f"{result['env']}: {result['episodes']} episodes from seed {result['seed']}, "
+          f"model {result['model_version']} ({result['slot']} slot, through BrainService.act)")  # fmt: skip
+    print(f"  {'policy':<8} {'success':>8} {'mean return':>12} {dist:>15}")
+    rows = [("model", result), *(result["baselines"] or {}).items()]
+    for name, r in rows:
+        if r is None:
+            print(f"  {name:<8} (no scripted expert for this env)")
+            continue
+        d = "n/a" if r["mean_final_distance"] is None else f"{r['mean_final_distance']:.4f}"
+        print(f"  {name:<8} {percent(r['success_rate']):>8} {r['mean_return']:>12.3f} {d:>15}")
+    return 0
+
+
+# --- imagine -------------------------------------------------------------------------------
+
+
+def cmd_imagine(args: argparse.Namespace) -> int:
+    from continuonbrain.sim.imagine import ImagineError, SearchConfig, imagine_to_dir
+
+    search = SearchConfig(method=args.method, horizon=args.horizon, history=args.history, seed=args.seed)
+    for name in ("population", "elites", "iterations", "oversample", "max_final_cost"):
+        if getattr(args, name) is not None:
+            setattr(search, name, getattr(args, name))
+    try:
+        summary = imagine_to_dir(
+            args.model_root,
+            args.out,
+            args.episodes,
+            rlds_dir=args.rlds_dir,
+            env=args.env,
+            slot=args.slot,
+            search=search,
+        )
+    except (ImagineError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    short = summary["episodes"] < summary["requested"]
+    if args.json:
+        _print_json({k: v for k, v in summary.items() if k != "paths"})
+    else:
+        print(
+            f"wrote {summary['episodes']} of {summary['requested']} imagined {summary['env']} episodes "
+            f"({summary['steps']} steps) to {summary['out']}"
+        )
+        print(
+            f"  {summary['method']} in model {summary['model_version']} ({summary['slot']} slot), from "
+            f"{summary['start_states']} start states of {summary['rlds_dir']}"
+        )
+        if summary["episodes"]:
+            print(
+                f"  predicted cost {summary['mean_predicted_cost']:.4f}, predicted final cost "
+                f"{summary['mean_predicted_final_cost']:.4f} (world-model predictions, not measurements)"
+            )
+    if short:
+        print(
+            f"only {summary['episodes']} of {summary['requested']} episodes: {summary['dropped']} searches ended "
+            f"with a predicted final cost above {summary['max_final_cost']} (raise --max-final-cost or --oversample)",
+            file=sys.stderr,
+        )
+    return 1 if short else 0
 
 
 # --- adapt ---------------------------------------------------------------------------------
@@ -264,6 +356,34 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("eval", help="score a model slot in a simulator through BrainService, with baselines")
+    p.add_argument("--env", required=True, help="reach2d, track2d, or a gymnasium id with Box spaces")
+    p.add_argument("--model-root", required=True, help="model store holding the slot to evaluate")
+    p.add_argument("--slot", choices=["current", "candidate"], default="current")
+    p.add_argument("--episodes", type=int, default=100, help="seeded episodes (the baselines run the same ones)")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the episodes")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("imagine", help="search imagined episodes in a model's world model, written as RLDS")
+    p.add_argument("--model-root", required=True, help="model store whose world model (VQ-VAE + Mid loop) plans")
+    p.add_argument("--episodes", type=int, required=True, help="imagined episodes to write")
+    p.add_argument("--out", required=True, help="directory for the episodes (Continuon layout)")
+    p.add_argument("--rlds-dir", help="real episodes to start from (default: the rlds_dir in the model's manifest)")
+    p.add_argument("--slot", choices=["current", "candidate"], help="default: current, else candidate")
+    p.add_argument("--env", help="env whose goal to plan for (default: the episodes' environment_id)")
+    p.add_argument("--method", choices=["cem"], default="cem", help="search method (cross-entropy method)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--horizon", type=int, default=8, help="Mid steps planned per episode (each mid_every steps)")
+    p.add_argument("--history", type=int, default=2, help="real Mid ticks stepped through before the start")
+    p.add_argument("--population", type=int, help="CEM candidates per start and iteration (default 64)")
+    p.add_argument("--elites", type=int, help="CEM elite set (default 8)")
+    p.add_argument("--iterations", type=int, help="CEM iterations (default 5)")
+    p.add_argument("--oversample", type=float, help="start states searched per episode written (default 2)")
+    p.add_argument("--max-final-cost", type=float, help="drop plans predicted to end farther (default: the goal's)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=cmd_imagine)
+
     from continuonbrain.trainer.local_lora_trainer import add_arguments as add_adapt_arguments
 
     p = sub.add_parser("adapt", help="LoRA-adapt the current model on the newest episodes, gate it, promote it")
@@ -285,11 +405,53 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_models)
 
+    p = sub.add_parser("serve", help="BrainService + HTTP API + Robot Editor on http://HOST:PORT/")
+    p.add_argument("--model-root", required=True, help="model store whose current/ is served")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; 0.0.0.0 exposes the robot)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--token-file", help="API token file (default <model-root>/api_token, made with mode 0600)")
+    p.add_argument("--rlds-dir", help="episodes the trainer sees (default: the served model's rlds_dir)")
+    p.add_argument("--run-root", help="training job dirs (default <model-root>/../runs)")
+    p.add_argument("--train-config", help="sequential training config (default pi5-hope-v1)")
+    p.add_argument("--adapt-config", help="LoRA adaptation config (default sim-arm-lora)")
+    p.add_argument("--robot-state-file", help="the robot stack's mode file read by the gates")
+    p.add_argument("--sysfs-root", default="/sys", help="where temperature and battery are read")
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("demo", help="run the whole loop on the built-in defaults")
     p.add_argument("--workdir", default=".demo", help="where data, models and runs go")
     p.add_argument("--no-serve", action="store_true", help="stop after the summary")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from continuonbrain.runtime.api import serve
+
+    logging.getLogger("continuonbrain").setLevel(logging.INFO)
+    kwargs = {k: getattr(args, k) for k in ("rlds_dir", "run_root", "train_config", "adapt_config") if getattr(args, k)}
+    if args.robot_state_file:
+        kwargs["robot_state_file"] = args.robot_state_file
+
+    def ready(host: str, port: int, token_path: Path) -> None:
+        shown = f"[{host}]" if ":" in host else host
+        print(f"Robot Editor: http://{shown}:{port}/   (token in {token_path}; Ctrl-C stops)", flush=True)
+
+    try:
+        serve(
+            args.model_root,
+            host=args.host,
+            port=args.port,
+            token_file=args.token_file,
+            sysfs_root=args.sysfs_root,
+            on_ready=ready,
+            **kwargs,
+        )
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its clean shutdown: the normal end
+        pass
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

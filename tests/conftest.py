@@ -1,9 +1,14 @@
-"""Shared fixtures: small, real episodes written to real files."""
+"""Shared fixtures: small, real episodes written to real files; a small trained seed and a real
+loopback server for the serving tests."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -67,3 +72,102 @@ def episodes_dir(tmp_path: Path) -> Path:
     out = tmp_path / "episodes"
     write_episodes([make_episode(episode_id=f"ep{i}", n=10 + i) for i in range(3)], out)
     return out
+
+
+@pytest.fixture(scope="session")
+def arm_seed(tmp_path_factory) -> dict[str, Path]:
+    """A small HOPE seed trained on reach2d expert episodes and promoted to ``current``, for
+    the serving tests (BrainService, API, Robot Editor). Tests that change the store copy it
+    first with :func:`copy_store`."""
+    from continuonbrain.sim.collect import collect_to_dir
+    from continuonbrain.trainer.sequential import SequentialTrainer
+    from continuonbrain.trainer.store import PromotionStore
+    from continuonbrain.trainer.train_config import SequentialConfig
+
+    tmp = tmp_path_factory.mktemp("arm-seed")
+    collect_to_dir("reach2d", 24, tmp / "episodes", seed=5, dart_sigma=0.1)
+    steps = 40
+    comps = {
+        "vqvae": {"max_steps": steps, "batch_size": 128, "shuffle_buffer": 1024, "checkpoint_every": 1000},
+        "mid_loop": {"max_steps": steps, "batch_size": 8, "window_s": 2.0, "checkpoint_every": 1000},
+        "fast_loop": {"max_steps": steps, "batch_size": 64, "window_s": 0.1, "checkpoint_every": 1000},
+    }
+    cfg = SequentialConfig(
+        rlds_dir=str(tmp / "episodes"),
+        model_root=str(tmp / "models"),
+        run_dir=str(tmp / "run"),
+        torch_threads=1,
+        components=comps,
+    )
+    cfg.thermal.sysfs_root = str(tmp / "no-sysfs")
+    SequentialTrainer(cfg).run()
+    PromotionStore(tmp / "models").promote({"passed": True, "reason": "seed for the serving tests"})
+    return {"models": tmp / "models", "episodes": tmp / "episodes", "config": Path(cfg.run_dir) / "state.json"}
+
+
+def copy_store(models: Path, dest: Path) -> Path:
+    """A private copy of a model store (the ``current`` link stays relative, so it still works)."""
+    import shutil
+
+    shutil.copytree(models, dest, symlinks=True)
+    return dest
+
+
+@contextlib.contextmanager
+def live_server(app) -> Iterator[str]:
+    """Run ``app`` in a real uvicorn server on a free loopback port; yields its base URL."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        sock.close()
+
+
+def make_variant(store: Any, tmp: Path, scale: float, *, nan: bool = False, source: Path | None = None) -> str:
+    """Write a candidate whose Fast-loop weights are those of ``source`` (default: current)
+    scaled (a different model with the same shapes), or poisoned with a NaN; returns its version."""
+    from safetensors.numpy import load_file, save_file
+
+    current = source or store.slot("current").resolve()
+    work = tmp / f"variant-{scale}-{nan}"
+    work.mkdir()
+    files = []
+    for src in sorted(current.iterdir()):
+        if src.name == "manifest.json":
+            continue
+        dst = work / src.name
+        if src.name == "fast_loop.safetensors":
+            tensors = load_file(str(src))
+            for key, value in tensors.items():
+                if value.dtype.kind == "f" and value.ndim == 2:
+                    tensors[key] = (value * scale).astype(value.dtype)
+            if nan:
+                key = next(k for k, v in tensors.items() if v.dtype.kind == "f" and v.ndim == 2)
+                tensors[key] = tensors[key].copy()
+                tensors[key].flat[0] = np.nan
+            save_file(tensors, str(dst))
+        else:
+            dst.write_bytes(src.read_bytes())
+        files.append(dst)
+    manifest = store.write_slot(
+        "candidate", files, components=["vqvae", "mid_loop", "fast_loop"], kind="hope-seed", parent=None
+    )
+    return manifest["version"]

@@ -262,6 +262,25 @@ class Reach2DEnv(TwoLinkArmEnv):
                 return
             self._q1 = float(rng.uniform(-math.pi, math.pi))  # start pose too close: draw another
 
+    def move_target(self, x: float, y: float) -> tuple[float, float]:
+        """Put the target at ``(x, y)`` mid-episode (an operator clicking in the Robot Editor's
+        live sim); returns where it went. The point is pulled into the reachable annulus (radius
+        0.1 to 0.95 of full reach: the arm cannot fold onto its shoulder nor stretch past its
+        links) and the hold count restarts, so success means holding the *new* target."""
+        x, y = float(x), float(y)
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise ValueError(f"target must be finite, got ({x}, {y})")
+        reach = sum(self.link_lengths)
+        r = math.hypot(x, y)
+        lo, hi = 0.1 * reach, 0.95 * reach
+        if r < 1e-9:
+            x, y, r = lo, 0.0, lo
+        scale = min(hi, max(lo, r)) / r
+        self._tx, self._ty = x * scale, y * scale
+        self._held = 0
+        self._kinematics()
+        return self._tx, self._ty
+
     def _outcome(self, distance: float) -> tuple[float, bool, bool]:
         self._held = self._held + 1 if distance <= self.success_radius else 0
         success = self._held >= self.hold_steps

@@ -83,6 +83,7 @@ from continuonbrain.trainer.lora_result import (
     write_status,
 )
 from continuonbrain.trainer.lora_shadow import shadow_policy
+from continuonbrain.trainer.metrics import EventFile
 from continuonbrain.trainer.rlds_loader import EpisodeLoader, make_episode_loader
 from continuonbrain.trainer.safety import (
     ActionDistance,
@@ -127,6 +128,7 @@ def maybe_run_local_training(
     safety_cfg: SafetyGateConfig | None = None,
     gating: GatingSensors | Callable[[], GatingSensors] | None = None,
     episode_loader: EpisodeLoader | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainerResult:
     """Run one adaptation if the gates allow it; see the module doc for the steps.
 
@@ -135,7 +137,8 @@ def maybe_run_local_training(
     :class:`~continuonbrain.trainer.scheduler.GatingSensors` reading, a callable returning one,
     or None to skip the start gates (a manual run). ``episode_loader``: ``(rlds_dir,
     max_episodes) -> episodes, oldest first`` (default :func:`make_episode_loader`).
-    Never raises for a failed run: the result says what happened, and ``status.json`` too.
+    ``on_event``: called with every record of the run log as it is written (the API's job
+    manager streams them to the Robot Editor). Never raises for a failed run: the result says what happened, and ``status.json`` too.
     """
     if hooks is None:
         from continuonbrain.trainer.hooks_torch import build_torch_hooks
@@ -146,15 +149,22 @@ def maybe_run_local_training(
         hooks,
         safety_cfg or cfg.safety_config(),
         episode_loader or make_episode_loader(include_imagined=cfg.include_imagined),
+        on_event,
     )
     return run.execute(gating)
 
 
 class _Run:
     def __init__(
-        self, cfg: LocalTrainerJobConfig, hooks: ModelHooks, safety: SafetyGateConfig, loader: EpisodeLoader
+        self,
+        cfg: LocalTrainerJobConfig,
+        hooks: ModelHooks,
+        safety: SafetyGateConfig,
+        loader: EpisodeLoader,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.cfg, self.hooks, self.safety, self.loader = cfg, hooks, safety, loader
+        self.on_event = on_event
         self.started = time.monotonic()
         self.log_dir = Path(cfg.log_dir)
         self.result = TrainerResult(status="error", stub=hooks.is_stub)
@@ -183,6 +193,8 @@ class _Run:
     def event(self, record: dict[str, Any]) -> None:
         if self.runlog is not None:
             self.runlog(record)
+        if self.on_event is not None:
+            self.on_event(record)
 
     def _open_log(self) -> None:
         """A log file per run that got past the gates. Skips only update ``status.json``: a
@@ -499,6 +511,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gated", action="store_true", help="check idle/teleop/battery/thermal/new-data gates first")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--events", metavar="FILE", help="also append every progress event to FILE as JSON lines")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -524,7 +537,8 @@ def run_command(args: argparse.Namespace) -> int:
         from continuonbrain.trainer.scheduler import read_sensors
 
         gating = lambda: read_sensors(cfg.sysfs_root, cfg.robot_state_file)  # noqa: E731
-    result = maybe_run_local_training(cfg, hooks, cfg.safety_config(), gating=gating)
+    with EventFile(args.events) as events:
+        result = maybe_run_local_training(cfg, hooks, cfg.safety_config(), gating=gating, on_event=events)
     if args.json:
         sys.stdout.write(json.dumps(result.to_dict(), default=json_default) + "\n")
     else:

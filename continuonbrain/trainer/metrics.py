@@ -56,6 +56,39 @@ class MetricsLogger:
         self.close()
 
 
+class EventFile:
+    """``--events FILE``: every progress record of a run, appended to FILE as a JSON line.
+
+    The HTTP API runs training in a child process (memory isolation, a real stop) and streams
+    its progress to the Robot Editor; this file is the one channel between the two, the same
+    for sequential training and LoRA adaptation. Lines are written whole and flushed one by
+    one, so a reader tailing the file sees only complete records, and a killed child keeps
+    what it reported. ``path`` None makes it a no-op, so callers need no branch.
+    """
+
+    def __init__(self, path: str | os.PathLike | None):
+        self.path = None if path is None else Path(path)
+        self._file = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", buffering=1)
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps({"time": round(time.time(), 3), **record}, default=_json_default) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> EventFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()

@@ -1,0 +1,551 @@
+"""BrainService: serve the model store's ``current`` brain, with per-session state and hot swap.
+
+The robot's control loop (and the HTTP API in front of it) calls :meth:`BrainService.act`
+at 10-100 Hz while a trainer, in this process or another one, may promote a new brain at
+any moment. The service must therefore never answer with half of one model and half of
+another, never fail a request because a swap is under way, and never serve weights that do
+not match the manifest the safety gate approved.
+
+How it is built, and why:
+
+* **What is loaded.** ``<model_root>/current`` is a symbolic link to ``.slots/<version>/``
+  that :class:`~continuonbrain.trainer.store.PromotionStore` replaces with one ``rename(2)``.
+  The service reads the link once and loads from the directory it names, so a swap during
+  loading cannot mix two versions. That directory is verified first (the sha256 of every
+  file against ``manifest.json``), then loaded with its adapter merged
+  (:meth:`HopeBrain.load`), then smoke-tested (one act on a zero observation must give a
+  finite action: a NaN in the weights passes any checksum). If the directory vanishes
+  meanwhile (a concurrent promotion moved it to ``history/``) and the link has moved on, the
+  load is retried with the new target; otherwise the version is *refused*: the reason is
+  logged and kept in :meth:`status`, and the last good brain keeps serving (or, when there
+  has never been one, :class:`NoModelError` until a good version appears).
+* **Swapping.** The loaded brain and its version live together in one immutable
+  :class:`_Loaded` record behind one attribute. A new record is built completely (verified,
+  loaded, numpy path exported) in the watcher thread or in :meth:`reload`, then published
+  with a single reference assignment, atomic under the GIL. ``act`` reads that reference
+  once, so an answer always comes from exactly one version and names it.
+* **Watching.** A daemon thread polls ``readlink(current)`` every ``watch_interval_s``: a
+  system call of a few microseconds, no file hashing until the link changes. So a promotion
+  by another process takes effect within one poll plus the load time (tens of ms for a
+  seed). :meth:`reload` does the same check at once, for the API right after a promotion.
+  The watcher does not retry a refused link on its own (re-hashing a corrupt version every
+  20 ms would be a busy loop); a new promotion, a rollback or an explicit :meth:`reload`
+  does.
+* **Sessions.** Each session id is one control stream with its own recurrent state: a
+  :meth:`HopeBrain.fork` of the loaded brain (shared, read-only weights and numpy export,
+  private state). ``session_id=None`` means the ``"default"`` session: a robot with one
+  control loop needs no ids. Sessions expire after ``session_ttl_s`` without a call and are
+  capped at ``max_sessions`` by least-recent use, so forgotten clients cannot grow memory.
+  **A new model version resets every session's state** (lazily, at the session's next call):
+  a recurrent state is a point in one model's hidden space and means nothing to another.
+  :attr:`ActResult.fresh_state` tells the caller when its state started over.
+* **Threads.** The API serves requests from a thread pool. One session's calls are
+  serialised by that session's lock (its state is updated in place); different sessions run
+  in parallel (numpy and torch release the GIL in their kernels). The only lock shared by
+  all requests guards the session table for a dictionary lookup, never inference; loads are
+  serialised by their own lock, which ``act`` never takes.
+
+Import rule (DESIGN.md): ``runtime`` imports ``hope`` and the model store, never the
+training loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from continuonbrain.hope import HopeBrain
+from continuonbrain.trainer.store import ModelStore
+
+__all__ = ["DEFAULT_SESSION", "ActResult", "BrainService", "NoModelError"]
+
+log = logging.getLogger(__name__)
+
+#: The session of callers that pass no session id (one robot, one control loop).
+DEFAULT_SESSION = "default"
+#: Session ids are short printable strings; anything else is a client bug (or an attack on memory).
+MAX_SESSION_ID_LEN = 128
+#: How often a load that lost a race with a concurrent promotion is retried with the new target.
+MAX_LOAD_ATTEMPTS = 5
+#: Refused versions remembered in :meth:`BrainService.status` (the newest ones).
+MAX_REFUSED = 20
+
+
+class NoModelError(RuntimeError):
+    """No brain is loaded: the store has no (good) current version yet. The API answers 503."""
+
+
+@dataclass(slots=True)
+class ActResult:
+    """One answer of :meth:`BrainService.act`."""
+
+    #: The action, ``float32 [action_dim]``, in robot units (within the model's action bounds).
+    action: np.ndarray
+    #: The version (manifest ``version``) of the brain that computed this action.
+    model_version: str
+    #: Time spent in :meth:`BrainService.act`, waiting for the session included, in µs.
+    latency_us: float
+    #: The session whose state this call advanced (``"default"`` when none was given).
+    session_id: str
+    #: True when this call started from a zero state: a new or expired session, ``reset``,
+    #: or a model swap since the session's previous call.
+    fresh_state: bool = False
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """One loaded version, published as a whole: the brain and the version that name each other."""
+
+    brain: HopeBrain  # a template: reset once (numpy path exported), never acted with; sessions fork it
+    version: str
+    link: str  # the ``current`` link text it was loaded through (``.slots/<version>``)
+    directory: str
+    manifest: dict[str, Any]
+    loaded_at: float
+    load_ms: float
+    obs_shape: tuple[int, ...] = field(default=())
+    dict_obs: bool = False  # the model expects dict observations (state keys and/or cameras)
+
+
+class _Session:
+    """One control stream. ``lock`` serialises its calls; ``model`` is the load it was forked from."""
+
+    __slots__ = ("brain", "created", "last_used", "lock", "model", "session_id", "ticks")
+
+    def __init__(self, session_id: str, now: float):
+        self.session_id = session_id
+        self.lock = threading.Lock()
+        self.brain: HopeBrain | None = None
+        self.model: _Loaded | None = None
+        self.created = now
+        self.last_used = now
+        self.ticks = 0
+
+
+class BrainService:
+    """Serve ``<model_root>/current`` to concurrent callers; see the module doc.
+
+    ``backend``: ``"numpy"`` (the Fast loop on its numpy export, the fast path) or ``"torch"``.
+    ``slot``: the store slot to serve, ``"current"`` (the robot) or ``"candidate"`` (evaluating
+    weights before the gate, through the very same act path).
+    """
+
+    def __init__(
+        self,
+        model_root: str | Path,
+        *,
+        session_ttl_s: float = 300.0,
+        max_sessions: int = 64,
+        watch_interval_s: float = 0.02,
+        backend: str = "numpy",
+        slot: str = "current",
+    ):
+        if slot not in ("current", "candidate"):
+            raise ValueError(f"slot must be 'current' or 'candidate', got {slot!r}")
+        if backend not in ("numpy", "torch"):
+            raise ValueError(f"backend must be 'numpy' or 'torch', got {backend!r}")
+        if not (session_ttl_s > 0 and math.isfinite(session_ttl_s)):
+            raise ValueError(f"session_ttl_s must be a positive number, got {session_ttl_s!r}")
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {max_sessions!r}")
+        if not watch_interval_s > 0:
+            raise ValueError(f"watch_interval_s must be > 0, got {watch_interval_s!r}")
+        self.model_root = Path(model_root)
+        self.session_ttl_s = float(session_ttl_s)
+        self.max_sessions = int(max_sessions)
+        self.watch_interval_s = float(watch_interval_s)
+        self.backend = backend
+        self.slot = slot
+        self._store = ModelStore(self.model_root)
+        self._loaded: _Loaded | None = None  # replaced whole, never mutated
+        self._load_lock = threading.Lock()  # serialises loads (watcher vs reload); act never takes it
+        self._seen_link: str | None = None  # the link last handled (loaded or refused)
+        self._refused: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._swaps = 0
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()  # least recently used first
+        self._sessions_lock = threading.Lock()  # the session table only: a lookup, never inference
+        self._expired = 0
+        self._evicted = 0
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._watch_errors = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load ``current`` (if any; refusing it is not an error) and start the watcher thread."""
+        if self._watcher is not None and self._watcher.is_alive():
+            return
+        self._stop.clear()
+        self._check(retry_refused=True)
+        self._watcher = threading.Thread(target=self._watch, name="brain-service-watcher", daemon=True)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        """Stop the watcher (the loaded brain keeps answering :meth:`act`)."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=max(5.0, 10 * self.watch_interval_s))
+            self._watcher = None
+
+    def __enter__(self) -> BrainService:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- serving -------------------------------------------------------------------------
+
+    @property
+    def version(self) -> str | None:
+        """The version being served, or None."""
+        loaded = self._loaded
+        return loaded.version if loaded is not None else None
+
+    def act(self, observation: Any, session_id: str | None = None, reset: bool = False) -> ActResult:
+        """One control tick of session ``session_id`` (None: ``"default"``).
+
+        ``reset`` zeroes that session's recurrent state before acting. Raises
+        :class:`NoModelError` when no brain is loaded and :class:`ValueError` for an
+        observation the brain cannot take (wrong size or keys, not numeric, NaN/inf) or a bad
+        session id; a rejected call leaves the session's state as it was.
+        """
+        t0 = time.perf_counter()
+        loaded = self._loaded
+        if loaded is None:
+            raise NoModelError(self._no_model_reason())
+        sid = DEFAULT_SESSION if session_id is None else session_id
+        if type(sid) is not str or not sid or len(sid) > MAX_SESSION_ID_LEN or not sid.isprintable():
+            raise ValueError(f"session_id must be a printable string of 1-{MAX_SESSION_ID_LEN} characters")
+        obs = _prepare(observation, loaded)
+        session = self._session(sid, t0)
+        with session.lock:
+            now_loaded = self._loaded  # the one (brain, version) pair this answer uses
+            if now_loaded is not loaded and now_loaded is not None:
+                if now_loaded.obs_shape != loaded.obs_shape or now_loaded.dict_obs != loaded.dict_obs:
+                    obs = _prepare(observation, now_loaded)
+                loaded = now_loaded
+            fresh = session.model is not loaded
+            if fresh:
+                session.brain = loaded.brain.fork()
+                session.model = loaded
+                session.brain.reset()
+                session.ticks = 0
+            elif reset:
+                session.brain.reset()  # type: ignore[union-attr]
+                session.ticks = 0
+                fresh = True
+            try:
+                action = session.brain.act(obs)  # type: ignore[union-attr]
+            except (TypeError, KeyError, IndexError) as exc:  # a dict observation of the wrong kind
+                raise ValueError(f"bad observation: {type(exc).__name__}: {exc}") from None
+            session.ticks += 1
+        if action.dtype != np.float32:
+            action = action.astype(np.float32)
+        return ActResult(action, loaded.version, (time.perf_counter() - t0) * 1e6, sid, fresh)
+
+    def _session(self, sid: str, now: float) -> _Session:
+        """The session ``sid`` (created if needed), marked as just used; expired and
+        over-cap sessions are dropped here, in least-recent-use order (O(1) amortised)."""
+        with self._sessions_lock:
+            sessions = self._sessions
+            session = sessions.get(sid)
+            if session is not None and now - session.last_used > self.session_ttl_s:
+                del sessions[sid]
+                self._expired += 1
+                session = None
+            if session is None:
+                self._drop_expired(now)
+                session = _Session(sid, now)
+                sessions[sid] = session
+                while len(sessions) > self.max_sessions:
+                    sessions.popitem(last=False)
+                    self._evicted += 1
+            else:
+                sessions.move_to_end(sid)
+                session.last_used = now
+            return session
+
+    def _drop_expired(self, now: float) -> None:
+        """Remove expired sessions (the table is in last-use order, so they are at its front).
+        Callers hold ``_sessions_lock``. A call already inside an expired session finishes on
+        it; the id's next call starts a new one."""
+        sessions = self._sessions
+        while sessions:
+            oldest = next(iter(sessions.values()))
+            if now - oldest.last_used <= self.session_ttl_s:
+                break
+            sessions.popitem(last=False)
+            self._expired += 1
+
+    def end_session(self, session_id: str) -> bool:
+        """Forget a session (a client that is done); True if it existed."""
+        with self._sessions_lock:
+            return self._sessions.pop(session_id, None) is not None
+
+    # -- loading -------------------------------------------------------------------------
+
+    def reload(self) -> str | None:
+        """Check the store now and load ``current`` if it is not what is being served.
+
+        Returns the version served afterwards. Unlike the watcher, this also retries a
+        version refused before (an operator's "try again").
+        """
+        self._check(retry_refused=True)
+        return self.version
+
+    def _watch(self) -> None:
+        """Poll the ``current`` link (cheap) and load when it changes; never dies."""
+        last_purge = time.monotonic()
+        while not self._stop.wait(self.watch_interval_s):
+            try:
+                self._check(retry_refused=False)
+                now = time.monotonic()
+                if now - last_purge > 1.0:
+                    last_purge = now
+                    with self._sessions_lock:
+                        self._drop_expired(time.perf_counter())
+            except Exception:  # a watcher that dies would silently stop all hot swaps
+                self._watch_errors += 1
+                log.exception("brain service watcher: unexpected error (continuing)")
+
+    def _read_link(self) -> str | None:
+        """The text of the ``current`` link, or None when there is no current.
+
+        A plain directory (a store from before links) gets a key from its inode and mtime,
+        so replacing it is noticed too.
+        """
+        link = self._store.slot(self.slot)
+        try:
+            return os.readlink(link)
+        except FileNotFoundError:
+            return None
+        except OSError:  # EINVAL: not a link
+            try:
+                st = os.stat(link)
+            except OSError:
+                return None
+            return f"dir:{st.st_ino}:{st.st_mtime_ns}" if os.path.isdir(link) else None
+
+    def _target(self, link: str) -> Path:
+        if link.startswith("dir:"):
+            return self._store.slot(self.slot)
+        return Path(os.path.normpath(os.path.join(self.model_root, link)))
+
+    def _check(self, retry_refused: bool) -> None:
+        """Load the link's target if it is new; refuse it (keeping the old brain) if it is bad."""
+        link = self._read_link()
+        loaded = self._loaded
+        if link is None or (loaded is not None and link == loaded.link):
+            return
+        if not retry_refused and link == self._seen_link:
+            return
+        with self._load_lock:
+            for _ in range(MAX_LOAD_ATTEMPTS):
+                link = self._read_link()
+                loaded = self._loaded
+                if link is None or (loaded is not None and link == loaded.link):
+                    return
+                if not retry_refused and link == self._seen_link:
+                    return
+                target = self._target(link)
+                try:
+                    new = self._load(target, link)
+                except Exception as exc:  # any failure refuses the version, never the service
+                    if self._read_link() != link:
+                        log.info("current moved on while loading %s (%s); retrying", target.name, exc)
+                        continue
+                    self._refuse(target, link, exc)
+                    return
+                self._seen_link = link
+                self._refused.pop(new.version, None)
+                previous = self._loaded
+                self._loaded = new  # the swap: one reference assignment
+                self._swaps += 1
+                self._release_idle_sessions(new)
+                log.info(
+                    "serving %s (was %s; verified and loaded in %.1f ms)",
+                    new.version,
+                    previous.version if previous else None,
+                    new.load_ms,
+                )
+                return
+            log.warning("current kept moving during %d load attempts; will try again", MAX_LOAD_ATTEMPTS)
+
+    def _load(self, directory: Path, link: str) -> _Loaded:
+        """Verify, load and smoke-test one slot directory; raise on anything wrong."""
+        t0 = time.perf_counter()
+        manifest = self._store.verify(directory)  # sha256 of every file first: nothing unverified is read
+        version = str(manifest.get("version") or directory.name)
+        brain = HopeBrain.load(directory, backend=self.backend)  # type: ignore[arg-type]
+        if brain.fast_loop is None:
+            raise ValueError(f"the brain has no fast_loop (components {brain.components()}): it cannot act")
+        brain.reset()  # exports the numpy Fast loop once; every session's fork shares it
+        cfg = brain.config
+        dict_obs = bool(cfg.image_keys or cfg.state_keys)
+        if not cfg.image_keys:  # a NaN or inf in the weights passes any checksum: act once to see
+            out = brain.fork().act(np.zeros(cfg.obs_dim, np.float32))  # a fork: the template stays unused
+            if out.shape != (cfg.action_dim,) or not np.all(np.isfinite(out)):
+                raise ValueError(f"the brain's action on a zero observation is not finite: {out.tolist()}")
+        return _Loaded(
+            brain=brain,
+            version=version,
+            link=link,
+            directory=str(directory),
+            manifest=manifest,
+            loaded_at=time.time(),
+            load_ms=(time.perf_counter() - t0) * 1e3,
+            obs_shape=(cfg.obs_dim,),
+            dict_obs=dict_obs,
+        )
+
+    def _release_idle_sessions(self, new: _Loaded) -> None:
+        """Drop idle sessions' forks of older versions now, so the old weights can be freed
+        without waiting for each session's next call (which would start fresh anyway). A
+        session busy in a call is left alone: its next call notices the new version itself."""
+        with self._sessions_lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            if session.model is not new and session.lock.acquire(blocking=False):
+                try:
+                    if session.model is not new:
+                        session.brain, session.model = None, None
+                finally:
+                    session.lock.release()
+
+    def _refuse(self, directory: Path, link: str, exc: BaseException) -> None:
+        version = directory.name
+        reason = f"{type(exc).__name__}: {exc}"
+        serving = self.version
+        log.error("refusing model version %s: %s; still serving %s", version, reason, serving or "nothing")
+        self._seen_link = link
+        self._refused.pop(version, None)
+        self._refused[version] = {
+            "version": version,
+            "reason": reason,
+            "directory": str(directory),
+            "time": _iso(time.time()),
+            "kept_serving": serving,
+        }
+        while len(self._refused) > MAX_REFUSED:
+            self._refused.popitem(last=False)
+
+    def _no_model_reason(self) -> str:
+        if self._refused:
+            last = next(reversed(self._refused.values()))
+            return f"no model loaded: version {last['version']} was refused ({last['reason']})"
+        return f"no model loaded: {self.model_root}/{self.slot} does not exist yet"
+
+    # -- status --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-safe picture of what is served, the sessions and what was refused."""
+        loaded = self._loaded
+        now = time.perf_counter()
+        with self._sessions_lock:
+            live = [s for s in self._sessions.values() if now - s.last_used <= self.session_ttl_s]
+            sessions = {
+                "active": len(live),
+                "max": self.max_sessions,
+                "ttl_s": self.session_ttl_s,
+                "expired": self._expired,
+                "evicted": self._evicted,
+                "ids": [s.session_id for s in live][-self.max_sessions :],
+            }
+        link = self._read_link()
+        store_current = None if link is None else "current" if link.startswith("dir:") else self._target(link).name
+        out: dict[str, Any] = {
+            "version": loaded.version if loaded else None,
+            "loaded": loaded is not None,
+            "loaded_at": _iso(loaded.loaded_at) if loaded else None,
+            "loaded_at_unix": loaded.loaded_at if loaded else None,
+            "load_ms": round(loaded.load_ms, 3) if loaded else None,
+            "directory": loaded.directory if loaded else None,
+            "store_current": store_current,  # what the link names now (differs from version after a refusal)
+            "model_root": str(self.model_root),
+            "slot": self.slot,
+            "backend": self.backend,
+            "components": loaded.brain.components() if loaded else [],
+            "sessions": sessions,
+            "refused": list(self._refused.values()),
+            "swaps": self._swaps,
+            "watching": self._watcher is not None and self._watcher.is_alive(),
+            "watch_interval_s": self.watch_interval_s,
+            "watch_errors": self._watch_errors,
+        }
+        if loaded is not None:
+            cfg = loaded.brain.config
+            out.update(
+                {
+                    "observation_dim": cfg.obs_dim,
+                    "action_dim": cfg.action_dim,
+                    "action_low": list(cfg.action_low or []),
+                    "action_high": list(cfg.action_high or []),
+                    "state_keys": list(cfg.state_keys),
+                    "image_keys": list(cfg.image_keys),
+                    "image_shapes": {k: list(v) for k, v in cfg.image_shapes.items()},
+                    "uses_mid": loaded.brain.uses_mid,
+                    "manifest": {
+                        k: loaded.manifest.get(k) for k in ("version", "parent", "kind", "created", "promoted", "gate")
+                    },
+                }
+            )
+        return _json_safe(out)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _prepare(observation: Any, loaded: _Loaded) -> Any:
+    """Check an observation before it touches any session state; vectors become the
+    ``float32 [obs_dim]`` array that :meth:`HopeBrain.act` takes without further parsing."""
+    if isinstance(observation, Mapping):
+        if not loaded.dict_obs:
+            raise ValueError(f"this brain takes a vector of {loaded.obs_shape[0]} numbers, not a dict")
+        return observation  # keys, sizes and image shapes are checked by the brain (ValueError)
+    if type(observation) is np.ndarray and observation.dtype == np.float32 and observation.shape == loaded.obs_shape:
+        vec = observation
+    else:
+        try:
+            vec = np.asarray(observation, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"observation is not a numeric vector: {exc}") from None
+        if vec.shape != loaded.obs_shape:
+            raise ValueError(
+                f"observation has {vec.shape[0]} numbers, the brain expects obs_dim={loaded.obs_shape[0]}"
+                + (" (or a dict with its state/image keys)" if loaded.dict_obs else "")
+            )
+    if not np.isfinite(vec).all():
+        raise ValueError("observation holds NaN or infinite values")
+    return vec
+
+
+def _iso(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).isoformat()
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON types only (manifests may carry numpy scalars or paths from a trainer)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
