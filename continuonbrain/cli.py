@@ -439,7 +439,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shown = f"[{host}]" if ":" in host else host
         print(f"Robot Editor: http://{shown}:{port}/   (token in {token_path}; Ctrl-C stops)", flush=True)
 
-    try:
+    import contextlib
+
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after its clean shutdown
         serve(
             args.model_root,
             host=args.host,
@@ -449,8 +451,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             on_ready=ready,
             **kwargs,
         )
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its clean shutdown: the normal end
-        pass
     return 0
 
 

@@ -138,7 +138,8 @@ def maybe_run_local_training(
     or None to skip the start gates (a manual run). ``episode_loader``: ``(rlds_dir,
     max_episodes) -> episodes, oldest first`` (default :func:`make_episode_loader`).
     ``on_event``: called with every record of the run log as it is written (the API's job
-    manager streams them to the Robot Editor). Never raises for a failed run: the result says what happened, and ``status.json`` too.
+    manager streams them to the Robot Editor). Never raises for a failed run: the result says
+    what happened, and ``status.json`` too.
     """
     if hooks is None:
         from continuonbrain.trainer.hooks_torch import build_torch_hooks
