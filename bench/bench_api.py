@@ -199,7 +199,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "continuonbrain-bench-adapt")
     parser.add_argument("--base-episodes", type=int, default=200)
-    parser.add_argument("--seed-steps", type=int, default=300)
+    parser.add_argument("--seed-steps", type=int, default=100)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=8)

@@ -74,26 +74,20 @@ def episodes_dir(tmp_path: Path) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def arm_seed(tmp_path_factory) -> dict[str, Path]:
-    """A small HOPE seed trained on reach2d expert episodes and promoted to ``current``, for
-    the serving tests (BrainService, API, Robot Editor). Tests that change the store copy it
-    first with :func:`copy_store`."""
-    from continuonbrain.sim.collect import collect_to_dir
+def train_promoted_seed(rlds_dir: Path, tmp: Path, steps: int, reason: str) -> Path:
+    """Train a small HOPE seed (VQ-VAE, Mid loop, Fast loop; ``steps`` each) on ``rlds_dir``
+    and promote it to ``current`` of ``tmp/models``; returns the model root."""
     from continuonbrain.trainer.sequential import SequentialTrainer
     from continuonbrain.trainer.store import PromotionStore
     from continuonbrain.trainer.train_config import SequentialConfig
 
-    tmp = tmp_path_factory.mktemp("arm-seed")
-    collect_to_dir("reach2d", 24, tmp / "episodes", seed=5, dart_sigma=0.1)
-    steps = 40
     comps = {
         "vqvae": {"max_steps": steps, "batch_size": 128, "shuffle_buffer": 1024, "checkpoint_every": 1000},
         "mid_loop": {"max_steps": steps, "batch_size": 8, "window_s": 2.0, "checkpoint_every": 1000},
         "fast_loop": {"max_steps": steps, "batch_size": 64, "window_s": 0.1, "checkpoint_every": 1000},
     }
     cfg = SequentialConfig(
-        rlds_dir=str(tmp / "episodes"),
+        rlds_dir=str(rlds_dir),
         model_root=str(tmp / "models"),
         run_dir=str(tmp / "run"),
         torch_threads=1,
@@ -101,8 +95,21 @@ def arm_seed(tmp_path_factory) -> dict[str, Path]:
     )
     cfg.thermal.sysfs_root = str(tmp / "no-sysfs")
     SequentialTrainer(cfg).run()
-    PromotionStore(tmp / "models").promote({"passed": True, "reason": "seed for the serving tests"})
-    return {"models": tmp / "models", "episodes": tmp / "episodes", "config": Path(cfg.run_dir) / "state.json"}
+    PromotionStore(tmp / "models").promote({"passed": True, "reason": reason})
+    return tmp / "models"
+
+
+@pytest.fixture(scope="session")
+def arm_seed(tmp_path_factory) -> dict[str, Path]:
+    """A small HOPE seed trained on reach2d expert episodes and promoted to ``current``, for
+    the serving tests (BrainService, API, Robot Editor). Tests that change the store copy it
+    first with :func:`copy_store`."""
+    from continuonbrain.sim.collect import collect_to_dir
+
+    tmp = tmp_path_factory.mktemp("arm-seed")
+    collect_to_dir("reach2d", 24, tmp / "episodes", seed=5, dart_sigma=0.1)
+    models = train_promoted_seed(tmp / "episodes", tmp, steps=40, reason="seed for the serving tests")
+    return {"models": models, "episodes": tmp / "episodes"}
 
 
 def copy_store(models: Path, dest: Path) -> Path:

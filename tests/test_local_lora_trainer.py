@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import train_promoted_seed
 
 from continuonbrain.trainer import (
     LocalTrainerJobConfig,
@@ -41,28 +42,11 @@ def seed(tmp_path_factory) -> dict[str, Path]:
     """A small HOPE seed (VQ-VAE, Mid loop, Fast loop) trained on reach2d and promoted to
     current, plus episodes of a shifted task (a weaker arm: gain 0.5) to adapt to."""
     from continuonbrain.sim.collect import collect_to_dir
-    from continuonbrain.trainer.sequential import SequentialTrainer
-    from continuonbrain.trainer.train_config import SequentialConfig
 
     tmp = tmp_path_factory.mktemp("lora")
     collect_to_dir("reach2d", 40, tmp / "base", seed=3)
     collect_to_dir("reach2d", 40, tmp / "gain05", seed=21, env_kwargs={"gain": 0.5})
-    steps = 60
-    comps = {
-        "vqvae": {"max_steps": steps, "batch_size": 128, "shuffle_buffer": 1024, "checkpoint_every": 1000},
-        "mid_loop": {"max_steps": steps, "batch_size": 8, "window_s": 2.0, "checkpoint_every": 1000},
-        "fast_loop": {"max_steps": steps, "batch_size": 64, "window_s": 0.1, "checkpoint_every": 1000},
-    }
-    cfg = SequentialConfig(
-        rlds_dir=str(tmp / "base"),
-        model_root=str(tmp / "models"),
-        run_dir=str(tmp / "run"),
-        torch_threads=1,
-        components=comps,
-    )
-    cfg.thermal.sysfs_root = str(tmp / "no-sysfs")
-    SequentialTrainer(cfg).run()
-    PromotionStore(tmp / "models").promote({"passed": True, "reason": "seed for the LoRA tests"})
+    train_promoted_seed(tmp / "base", tmp, steps=60, reason="seed for the LoRA tests")
     return {"models": tmp / "models", "base": tmp / "base", "gain05": tmp / "gain05"}
 
 

@@ -344,21 +344,25 @@ class BrainService:
             return self._store.slot(self.slot)
         return Path(os.path.normpath(os.path.join(self.model_root, link)))
 
-    def _check(self, retry_refused: bool) -> None:
-        """Load the link's target if it is new; refuse it (keeping the old brain) if it is bad."""
+    def _pending_link(self, retry_refused: bool) -> str | None:
+        """The ``current`` link if it names something to load: not what is served, and not a
+        version refused before (unless ``retry_refused``)."""
         link = self._read_link()
         loaded = self._loaded
         if link is None or (loaded is not None and link == loaded.link):
-            return
+            return None
         if not retry_refused and link == self._seen_link:
+            return None
+        return link
+
+    def _check(self, retry_refused: bool) -> None:
+        """Load the link's target if it is new; refuse it (keeping the old brain) if it is bad."""
+        if self._pending_link(retry_refused) is None:  # the cheap check, without the lock
             return
         with self._load_lock:
             for _ in range(MAX_LOAD_ATTEMPTS):
-                link = self._read_link()
-                loaded = self._loaded
-                if link is None or (loaded is not None and link == loaded.link):
-                    return
-                if not retry_refused and link == self._seen_link:
+                link = self._pending_link(retry_refused)  # again under the lock: another thread may have loaded it
+                if link is None:
                     return
                 target = self._target(link)
                 try:
