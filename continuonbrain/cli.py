@@ -115,6 +115,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``continuonbrain train`` (also ``python run_trainer.py``)."""
     p.add_argument("--config", default=str(DEFAULT_HOPE_CONFIG), help="training config JSON (default: pi5-hope-v1)")
     p.add_argument("--rlds-dir", help="episodes to train on (overrides the config)")
+    p.add_argument(
+        "--imagined-dir",
+        action="append",
+        metavar="DIR",
+        help="imagined episodes to mix in under max_imagined_fraction (repeatable; adds to imagined_rlds_dirs)",
+    )
     p.add_argument("--model-root", help="model store; finished components go to its candidate slot")
     p.add_argument("--run-dir", help="logs, checkpoints and components of this run")
     p.add_argument("--max-steps", type=int, help="cap every component at N steps")
@@ -136,6 +142,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         if args.max_steps is not None:
             cfg.cap_steps(args.max_steps)
+        if getattr(args, "imagined_dir", None):
+            cfg.imagined_rlds_dirs = [*cfg.imagined_rlds_dirs, *(str(Path(d).resolve()) for d in args.imagined_dir)]
         with EventFile(args.events) as events:
             trainer = SequentialTrainer(cfg, on_event=events)
 

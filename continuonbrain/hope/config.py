@@ -201,6 +201,8 @@ class FastLoopConfig(_JSONConfig):
     dropout: float = 0.0
     #: Feed the Mid loop's context (zeros when absent). False: the Fast loop ignores it.
     use_context: bool = True
+    #: Probability that a training window's whole context is zeroed (Fast-loop training only).
+    context_dropout: float = 0.0
 
     def validate(self) -> None:
         o = self._name
@@ -208,6 +210,7 @@ class FastLoopConfig(_JSONConfig):
             _int(o, name, getattr(self, name))
         _check_taus(o, self.tau_min, self.tau_max, self.tau_cap)
         _float(o, "dropout", self.dropout, lo=0.0, lo_inclusive=True, hi=1.0)
+        _float(o, "context_dropout", self.context_dropout, lo=0.0, lo_inclusive=True, hi=1.0 + 1e-9)
         if not isinstance(self.use_context, bool):
             raise ValueError(f"{o}.use_context must be true or false, got {self.use_context!r}")
 

@@ -411,7 +411,11 @@ def serve(
 
     token_path = Path(token_file) if token_file else Path(model_root) / "api_token"
     app = create_app(model_root, token_file=token_path, **app_kwargs)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
+    # An open SSE stream (a Robot Editor tab) never ends by itself: without a grace limit, Ctrl-C or
+    # SIGTERM would wait for every tab to close, and the lifespan shutdown (stopping a training job) never ran.
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5
+    )
     server = uvicorn.Server(config)
     if on_ready is not None:
         on_ready(host, port, token_path)

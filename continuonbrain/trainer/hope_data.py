@@ -12,8 +12,9 @@ VQ-VAE's conv encoder. Which component sees what follows what the brain does whe
   through that context, which :func:`with_mid_context` computes from the state *and* the
   images, as the brain does every ``mid_every`` ticks.
 
-Shapes (``obs_dim``, ``action_dim``, ``image_shapes``), the control rate and the key lists
-are taken from the first readable episode (:func:`infer_model_config`) unless the
+Shapes (``obs_dim``, ``action_dim``, ``image_shapes``), the control rate, the key lists and
+the action bounds an episode declares (``capabilities.action_space``) are taken from the first
+readable episode (:func:`infer_model_config`) unless the
 config's ``model`` block gives them, so a config need not repeat what the data already says.
 """
 
@@ -29,7 +30,8 @@ from torch import nn
 from continuonbrain.hope import HopeConfig
 from continuonbrain.rlds import Episode, read_episodes
 from continuonbrain.rlds.episode import ImageColumn
-from continuonbrain.rlds.windows import FastWindowDataset, MidTrajectoryDataset, MixedSource, WindowDataset
+from continuonbrain.rlds.windows import FastWindowDataset, MidTrajectoryDataset, WindowDataset, open_source
+from continuonbrain.trainer.episode_mix import EpochSource, ImaginedMix
 from continuonbrain.trainer.train_config import ComponentTrainConfig, SequentialConfig
 
 __all__ = [
@@ -52,18 +54,24 @@ class TrainingError(RuntimeError):
     """Training cannot start or go on (no data, a missing dependency, a bad config)."""
 
 
-def episode_source(cfg: SequentialConfig) -> Callable[[], Iterator[Episode]]:
-    """A re-iterable stream of the good episodes (bad ones are skipped with a warning),
-    with imagined episodes capped at ``max_imagined_fraction``."""
-    path = cfg.rlds_dir
+def episode_source(cfg: SequentialConfig) -> EpochSource:
+    """A re-iterable stream of the good episodes (bad ones are skipped with a warning): those
+    of ``rlds_dir`` with the imagined ones of ``imagined_rlds_dirs`` mixed in, imagined
+    episodes (from either) capped at ``max_imagined_fraction`` (see
+    :mod:`~continuonbrain.trainer.episode_mix`)."""
 
-    def episodes() -> Iterator[Episode]:
-        yield from read_episodes(path, on_error="warn")
+    def reader(path: str) -> Callable[[], Iterator[Episode]]:
+        return lambda: read_episodes(path, on_error="warn")
 
-    if cfg.max_imagined_fraction is None:
-        return episodes
-    mixed = MixedSource([(episodes, 1.0)], seed=cfg.seed, max_imagined_fraction=cfg.max_imagined_fraction)
-    return lambda: iter(mixed)
+    try:
+        return ImaginedMix(
+            reader(cfg.rlds_dir),
+            [reader(p) for p in cfg.imagined_rlds_dirs],
+            cfg.max_imagined_fraction,
+            seed=cfg.seed,
+        )
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 # --- shapes and keys -------------------------------------------------------------------------
@@ -110,8 +118,29 @@ def _image_shapes(first: Episode, image_keys: list[str], given: dict[str, Any]) 
     return shapes
 
 
+def _declared_action_bounds(first: Episode, action_dim: int) -> dict[str, list[float]]:
+    """``action_low``/``action_high`` from the episode's ``capabilities.action_space`` (what
+    ``sim collect`` records from a gymnasium Box), when it declares finite bounds of the right
+    size; else nothing (the model's default ``[-1, 1]``). The policy's output is squashed into
+    its bounds, so a model of Pendulum's ``[-2, 2]`` torque left at ``[-1, 1]`` could never
+    give the torques it was shown."""
+    space = (first.metadata.get("capabilities") or {}).get("action_space")
+    if not isinstance(space, dict):
+        return {}
+    low, high = space.get("low"), space.get("high")
+    try:
+        lo, hi = np.asarray(low, dtype=np.float64).reshape(-1), np.asarray(high, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return {}
+    if lo.shape != (action_dim,) or hi.shape != (action_dim,) or not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        return {}
+    if not (lo < hi).all():
+        return {}
+    return {"action_low": lo.tolist(), "action_high": hi.tolist()}
+
+
 def infer_model_config(cfg: SequentialConfig, source: Callable[[], Iterator[Episode]]) -> HopeConfig:
-    """HopeConfig from the config's ``model`` block, with shapes, keys and rate taken from the data."""
+    """HopeConfig from the config's ``model`` block, with shapes, keys, rate and action bounds taken from the data."""
     first = next(iter(source()), None)
     if first is None:
         raise TrainingError(f"no readable episodes in {cfg.rlds_dir}")
@@ -123,6 +152,8 @@ def infer_model_config(cfg: SequentialConfig, source: Callable[[], Iterator[Epis
     keys = _state_keys(cfg, model, first.observation, image_keys)
     model.setdefault("obs_dim", int(first.observation_vector(keys).shape[1]))
     model.setdefault("action_dim", int(first.action_vector(cfg.action_keys).shape[1]))
+    if cfg.action_keys is None and "action_low" not in model and "action_high" not in model:
+        model.update(_declared_action_bounds(first, model["action_dim"]))
     model.setdefault("control_hz", float(first.control_hz))
     if keys is not None and (keys or image_keys):
         model.setdefault("state_keys", keys)
@@ -193,7 +224,7 @@ def with_mid_context(
     keep: Callable[[int], bool] | None = None,
     image_keys: Sequence[str] = (),
     action_keys: Sequence[str] | None = None,
-) -> Callable[[], Iterator[Episode]]:
+) -> EpochSource:
     """Episodes carrying the frozen Mid loop's context per control step (``extras["context"]``):
     what the Fast loop will see from the Mid loop at each tick when it runs on the robot,
     where the Mid loop reads the tokens of the state vector (``keys``) and of the images
@@ -201,11 +232,12 @@ def with_mid_context(
 
     ``keep(i)`` false: episode ``i`` of the stream is passed on without a context (for data
     parallel training, the episodes of the other ranks' shards, which this rank's dataset
-    skips anyway: each rank runs the Mid loop over its own share only)."""
+    skips anyway: each rank runs the Mid loop over its own share only). The result passes
+    the epoch on to ``source`` (the mixed stream depends on it)."""
 
     @torch.no_grad()
-    def episodes() -> Iterator[Episode]:
-        for i, ep in enumerate(source()):
+    def episodes(epoch: int) -> Iterator[Episode]:
+        for i, ep in enumerate(open_source(source, epoch)):
             if keep is not None and not keep(i):
                 yield ep
                 continue
@@ -220,7 +252,7 @@ def with_mid_context(
             ep.extras["context"] = out["context_steps"][0].numpy()
             yield ep
 
-    return episodes
+    return EpochSource(episodes)
 
 
 # --- windows ---------------------------------------------------------------------------------

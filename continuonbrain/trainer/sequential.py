@@ -462,7 +462,8 @@ class SequentialTrainer:
             kind="hope-seed",
             parent=current["version"] if current else None,
             metrics={n: state["components"][n] for n in done},
-            extra={"rlds_dir": self.cfg.rlds_dir},  # what the promotion gate holds its tail out of
+            # rlds_dir: what the promotion gate holds its tail out of (and `imagine` starts from)
+            extra={"rlds_dir": self.cfg.rlds_dir, "imagined_rlds_dirs": list(self.cfg.imagined_rlds_dirs)},
         )
 
     def _summary(self, state: dict[str, Any]) -> dict[str, Any]:

@@ -101,8 +101,19 @@ class SequentialConfig:
     image_keys: list[str] = field(default_factory=list)
     #: Dict actions: keys concatenated into the action vector (null: all, sorted).
     action_keys: list[str] | None = None
-    #: Largest share of imagined episodes (provenance ``imagined:*``) in the training stream.
+    #: Largest share of imagined episodes (provenance ``imagined:*`` or tag ``imagined``) in the
+    #: training stream, counted in episodes at every point of the stream (null: no cap, allowed
+    #: only without ``imagined_rlds_dirs``). It applies to imagined episodes in ``rlds_dir`` and in
+    #: ``imagined_rlds_dirs`` alike.
     max_imagined_fraction: float | None = 0.5
+    #: Directories of imagined episodes (``continuonbrain imagine --out DIR``) to mix into the
+    #: training stream: each epoch is one pass over ``rlds_dir``, with imagined episodes inserted
+    #: after the real ones as far as ``max_imagined_fraction`` allows, drawn from a per-epoch
+    #: shuffle so that successive epochs use different ones (continuonbrain/trainer/episode_mix.py).
+    #: Episodes there that are not marked imagined are skipped. Imagined episodes may also sit in
+    #: ``rlds_dir`` itself; they are then capped in directory order, so a separate directory is
+    #: the better place.
+    imagined_rlds_dirs: list[str] = field(default_factory=list)
     #: Episodes sampled to fit the observation normaliser.
     normalizer_episodes: int = 200
     #: Stop a component when the system's available memory drops below this (MB).
@@ -129,6 +140,11 @@ class SequentialConfig:
         for name in self.order:
             if name not in COMPONENT_ORDER:
                 raise ValueError(f"order: unknown component {name!r} (expected some of {COMPONENT_ORDER})")
+        dirs = self.imagined_rlds_dirs
+        if not isinstance(dirs, list) or not all(isinstance(d, str) and d for d in dirs):
+            raise ValueError(f"imagined_rlds_dirs must be a list of directory paths, got {dirs!r}")
+        if dirs and self.max_imagined_fraction is None:
+            raise ValueError("imagined_rlds_dirs needs max_imagined_fraction (it sets the imagined share), got null")
 
     @classmethod
     def from_json(cls, path: str | Path, **overrides: Any) -> SequentialConfig:
@@ -143,6 +159,9 @@ class SequentialConfig:
             value = getattr(cfg, key)
             if value and not Path(value).is_absolute():
                 setattr(cfg, key, str((path.parent / value).resolve()))
+        cfg.imagined_rlds_dirs = [
+            d if Path(d).is_absolute() else str((path.parent / d).resolve()) for d in cfg.imagined_rlds_dirs
+        ]
         for key, value in overrides.items():
             if value is not None:
                 setattr(cfg, key, value)

@@ -1,0 +1,170 @@
+// Models panel: the store's slots with their metrics, promotion (showing the gate's verdict),
+// rollback per history version, and the audit log. Refreshed when the status poll shows the
+// slots changed, and after every action taken here.
+
+import { get, post } from "./api.js";
+import { $, fill, fillTable, fmtNum, fmtTime, h, jsonDetails, notify, showResult } from "./dom.js";
+import { onStatus, refreshStatusNow } from "./status.js";
+
+// A slow refresh on top of the change-driven ones: a decision made by another process (the
+// CLI's ``models promote`` rejecting a candidate) changes the audit log but not the slots.
+const REFRESH_MS = 15000;
+let signature = null;
+let loading = null;
+
+export function initModels() {
+  $("models-promote").addEventListener("click", promote);
+  setInterval(() => document.hidden || refreshModels(), REFRESH_MS);
+  onStatus((status) => {
+    const slots = status.slots || {};
+    const sig = [
+      status.model_version,
+      slots.current && slots.current.version,
+      slots.candidate && slots.candidate.version,
+      ...(slots.history || []).map((m) => m && m.version),
+    ].join("|");
+    if (sig !== signature) {
+      signature = sig;
+      refreshModels();
+    }
+  });
+}
+
+export function refreshModels() {
+  if (!loading) {
+    loading = get("api/models?audit=50")
+      .then(renderModels)
+      .catch((err) => notify("error", `models: ${err.message}`))
+      .finally(() => {
+        loading = null;
+      });
+  }
+  return loading;
+}
+
+/** The few numbers of a manifest's metrics worth a glance: steps and stop reason per component. */
+function metricsLine(metrics) {
+  if (!metrics || typeof metrics !== "object") return "";
+  const parts = [];
+  for (const [name, m] of Object.entries(metrics)) {
+    if (m && typeof m === "object" && "steps" in m)
+      parts.push(`${name}: ${m.steps} steps${m.stop_reason ? ` (${m.stop_reason})` : ""}`);
+    else if (typeof m === "number") parts.push(`${name}: ${fmtNum(m)}`);
+  }
+  return parts.join(" · ");
+}
+
+function gateLine(gate) {
+  if (!gate) return "not gated yet";
+  return `${gate.passed ? "passed" : "rejected"}${gate.reason ? `: ${gate.reason}` : ""}`;
+}
+
+function slotView(manifest, slot) {
+  if (!manifest) return h("p", { class: "muted" }, slot === "candidate" ? "no candidate waiting" : "no current model");
+  return h(
+    "div",
+    { class: "slot", "data-version": manifest.version },
+    h("p", {}, h("code", { "data-testid": `${slot}-version` }, manifest.version), ` · ${manifest.kind || "?"}`),
+    h(
+      "p",
+      { class: "muted" },
+      `created ${fmtTime(manifest.created)}`,
+      manifest.promoted ? ` · promoted ${fmtTime(manifest.promoted)}` : "",
+      manifest.parent ? ` · parent ${manifest.parent}` : "",
+    ),
+    h("p", {}, `components: ${(manifest.components || []).join(", ") || "–"}`),
+    h("p", {}, `gate: ${gateLine(manifest.gate)}`),
+    metricsLine(manifest.metrics) ? h("p", { class: "muted" }, metricsLine(manifest.metrics)) : null,
+    jsonDetails("metrics", manifest.metrics),
+  );
+}
+
+function renderModels(info) {
+  const current = $("models-current");
+  fill(current, slotView(info.current, "current"));
+  if (info.serving && info.current && info.serving !== info.current.version) {
+    current.append(
+      h("p", { class: "error" }, `serving ${info.serving}, not the store's current version (refused: see Status)`),
+    );
+  }
+  fill($("models-candidate"), slotView(info.candidate, "candidate"));
+  $("models-promote").disabled = !info.candidate;
+
+  const history = (info.history || []).map((m) =>
+    h(
+      "tr",
+      { "data-version": m.version },
+      h("td", {}, h("code", {}, m.version)),
+      h("td", {}, m.kind || ""),
+      h("td", {}, fmtTime(m.created)),
+      h("td", {}, metricsLine(m.metrics) || "–"),
+      h(
+        "td",
+        {},
+        h(
+          "button",
+          {
+            type: "button",
+            class: "rollback",
+            "data-testid": `rollback-${m.version}`,
+            onclick: () => rollback(m.version),
+          },
+          "Roll back to this",
+        ),
+      ),
+    ),
+  );
+  fillTable($("models-history"), history, "no earlier versions", 5);
+
+  const audit = (info.audit || [])
+    .slice()
+    .reverse()
+    .map((a) =>
+      h(
+        "tr",
+        { class: `decision-${a.decision}` },
+        h("td", {}, fmtTime(a.time)),
+        h("td", {}, a.decision || ""),
+        h("td", {}, h("code", {}, a.version || "")),
+        h("td", {}, a.reason || (a.previous ? `replaced ${a.previous}` : "")),
+      ),
+    );
+  fillTable($("models-audit"), audit, "no decisions yet", 4);
+}
+
+async function promote() {
+  const out = $("promote-result");
+  showResult(out, "info", "gating the candidate (shadow evaluation)…");
+  try {
+    const res = await post("api/models/promote", undefined, { auth: true });
+    const gate = res.gate || {};
+    const numbers = (side) =>
+      gate[side]
+        ? `${side}: avg action delta ${fmtNum(gate[side].avg_action_delta)}, ${gate[side].violations} violation(s)`
+        : null;
+    const details = [numbers("candidate"), numbers("current")].filter(Boolean).join(" · ");
+    if (res.promoted) {
+      showResult(out, "ok", h("strong", {}, "Promoted "), h("code", {}, res.model_version), `. ${details}`);
+    } else {
+      showResult(out, "error", h("strong", {}, "Rejected: "), res.reason || "the gate said no", `. ${details}`);
+    }
+    out.dataset.promoted = String(!!res.promoted);
+  } catch (err) {
+    showResult(out, "error", `${err.status ? `${err.status}: ` : ""}${err.message}`);
+  }
+  refreshStatusNow();
+  refreshModels();
+}
+
+async function rollback(version) {
+  if (!window.confirm(`Serve ${version} again? The current version moves to history.`)) return;
+  const out = $("promote-result");
+  try {
+    const res = await post("api/models/rollback", { version }, { auth: true });
+    showResult(out, "ok", "Rolled back: now serving ", h("code", {}, res.model_version || version));
+  } catch (err) {
+    showResult(out, "error", `${err.status ? `${err.status}: ` : ""}${err.message}`);
+  }
+  refreshStatusNow();
+  refreshModels();
+}

@@ -1,0 +1,318 @@
+// Live sim: the server's reach2d arm driven by the served policy, one tick per round trip.
+//
+// Each tick is exactly what a robot does: send the observation to /api/infer (with this
+// page's session id, reset on the first tick of an episode), apply the action
+// (/api/sim/step), draw. The next tick starts only after the previous one finished, at most
+// every 20 ms (50 Hz, the arm's control rate): a slow server slows the arm down, it never
+// queues requests. A click on the canvas moves the target; the new target rides along with
+// the next step. It starts paused: on a robot, a browser tab should not load the CPU that
+// the control loop needs until someone asks it to.
+
+import { ApiError, post } from "./api.js";
+import { $, fmtNum, notify, setText, sleep } from "./dom.js";
+
+const PERIOD_MS = 20;
+const NO_MODEL_RETRY_MS = 1000;
+const TRAIL = 160;
+const VIEW = 1.1; // world units from the centre to the canvas edge (the arm reaches 1.0)
+const SUCCESS_RADIUS = 0.05; // reach2d's success radius, drawn around the target
+
+// One control stream per page (its own recurrent state on the server), as a robot would have.
+const randomHex = (bytes) =>
+  Array.from(crypto.getRandomValues(new Uint8Array(bytes)), (b) => b.toString(16).padStart(2, "0")).join("");
+const sessionId = `page-${randomHex(8)}`;
+
+const sim = {
+  state: null, // the last answer of /api/sim/reset or /api/sim/step
+  running: false,
+  generation: 0, // bumps on pause/reset: a loop of an older generation stops
+  inflight: Promise.resolve(),
+  freshEpisode: true, // the next /api/infer sends reset: true
+  pendingTarget: null,
+  trail: [],
+  startDistance: null, // distance when the current target was set
+  bestDistance: null,
+  reachedAt: null, // tick count at the first success for the current target
+  touched: false,
+  ticksForTarget: 0,
+  periodMs: null,
+  lastTickAt: null,
+};
+
+export function initSim() {
+  $("sim-run").addEventListener("click", () => (sim.running ? pause() : run()));
+  $("sim-reset").addEventListener("click", () => resetSim(sim.running));
+  $("sim-canvas").addEventListener("click", onCanvasClick);
+  draw();
+}
+
+function setRunning(running) {
+  sim.running = running;
+  setText("sim-run", running ? "Pause" : "Run");
+  const stateEl = $("sim-state");
+  stateEl.dataset.state = running ? "running" : "paused";
+  setText("sim-state", running ? "running" : "paused");
+}
+
+async function run() {
+  if (sim.running) return;
+  setRunning(true);
+  const gen = ++sim.generation;
+  await settled(); // a tick of the previous run may still be on the wire: never two at once
+  if (gen !== sim.generation) return;
+  if (!sim.state) {
+    try {
+      await newEpisode(gen);
+    } catch (err) {
+      failed(err);
+      return;
+    }
+  }
+  loop(gen);
+}
+
+function pause() {
+  sim.generation++;
+  sim.lastTickAt = null;
+  setRunning(false);
+}
+
+/** Resolves when the tick in flight (if any) has finished, however it ended. */
+const settled = () => sim.inflight.catch(() => {});
+
+async function resetSim(resume) {
+  pause();
+  await settled();
+  sim.pendingTarget = null; // a new episode draws its own target
+  try {
+    await newEpisode(sim.generation);
+  } catch (err) {
+    failed(err);
+    return;
+  }
+  if (resume) run();
+}
+
+async function newEpisode(gen) {
+  const seedRaw = $("sim-seed").value.trim();
+  const body = { env: "reach2d" };
+  if (seedRaw) body.seed = parseInt(seedRaw, 10);
+  if (sim.state) body.sim_id = sim.state.sim_id;
+  const state = await post("api/sim/reset", body);
+  if (gen !== sim.generation) return;
+  sim.freshEpisode = true;
+  sim.trail = [];
+  apply(state, true);
+}
+
+async function loop(gen) {
+  while (sim.running && gen === sim.generation) {
+    const started = performance.now();
+    let wait = PERIOD_MS;
+    sim.inflight = tick(gen);
+    try {
+      await sim.inflight;
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 503) {
+        showNoModel(true, err.message);
+        wait = NO_MODEL_RETRY_MS;
+      } else if (err instanceof ApiError && err.status === 404) {
+        notify("info", "the live sim expired on the server; starting a new episode");
+        sim.state = null;
+        try {
+          await newEpisode(gen);
+        } catch (err2) {
+          failed(err2);
+          return;
+        }
+      } else {
+        failed(err);
+        return;
+      }
+    }
+    await sleep(Math.max(0, wait - (performance.now() - started)));
+  }
+}
+
+async function tick(gen) {
+  const state = sim.state;
+  const t0 = performance.now();
+  const act = await post("api/infer", {
+    observation: state.observation,
+    session_id: sessionId,
+    reset: sim.freshEpisode,
+  });
+  const roundTripMs = performance.now() - t0;
+  showNoModel(false);
+  sim.freshEpisode = false;
+  const target = sim.pendingTarget;
+  const body = { sim_id: state.sim_id, action: act.action };
+  if (target) body.target = target;
+  const next = await post("api/sim/step", body);
+  if (gen !== sim.generation) return;
+  if (target && sim.pendingTarget === target) sim.pendingTarget = null;
+  const version = $("sim-version");
+  version.dataset.version = act.model_version;
+  setText("sim-version", act.model_version);
+  setText("sim-latency", `${fmtNum(act.latency_us)} µs in the model · ${fmtNum(roundTripMs)} ms round trip`);
+  const now = performance.now();
+  if (sim.lastTickAt !== null) {
+    const period = now - sim.lastTickAt; // averaged as a period: the mean of 1/dt overstates the rate
+    sim.periodMs = sim.periodMs === null ? period : 0.9 * sim.periodMs + 0.1 * period;
+    setText("sim-rate", `${fmtNum(1000 / sim.periodMs, 2)} Hz`);
+  }
+  sim.lastTickAt = now;
+  apply(next, Boolean(target));
+}
+
+/** Take a new sim state; ``newTarget``: the distance and the success count start over. */
+function apply(state, newTarget) {
+  sim.state = state;
+  if (newTarget) {
+    sim.startDistance = state.distance;
+    sim.bestDistance = state.distance;
+    sim.reachedAt = null;
+    sim.touched = false;
+    sim.ticksForTarget = 0;
+  } else {
+    sim.ticksForTarget += 1;
+    sim.bestDistance = Math.min(sim.bestDistance ?? state.distance, state.distance);
+  }
+  sim.touched = sim.touched || state.in_target;
+  if (state.success && sim.reachedAt === null) sim.reachedAt = sim.ticksForTarget;
+  sim.trail.push(state.tip);
+  if (sim.trail.length > TRAIL) sim.trail.shift();
+  renderReadout();
+  requestAnimationFrame(draw);
+}
+
+function renderReadout() {
+  const s = sim.state;
+  const canvas = $("sim-canvas");
+  Object.assign(canvas.dataset, {
+    ticks: String(s.steps),
+    distance: String(s.distance),
+    startDistance: String(sim.startDistance),
+    bestDistance: String(sim.bestDistance),
+    targetX: String(s.target[0]),
+    targetY: String(s.target[1]),
+    success: String(s.success),
+    inTarget: String(s.in_target),
+  });
+  setText("sim-steps", `${s.steps} (${sim.ticksForTarget} for this target)`);
+  setText("sim-target", `(${s.target[0].toFixed(3)}, ${s.target[1].toFixed(3)})`);
+  setText("sim-distance", `${s.distance.toFixed(3)} (started at ${sim.startDistance.toFixed(3)})`);
+  setText("sim-best", sim.bestDistance.toFixed(3));
+  setText(
+    "sim-success",
+    sim.reachedAt !== null
+      ? `yes: held within ${SUCCESS_RADIUS} for 100 ms after ${sim.reachedAt} ticks`
+      : s.in_target
+        ? "in the target…"
+        : sim.touched
+          ? "touched it, not held yet"
+          : "not yet",
+  );
+}
+
+function showNoModel(show, message = "") {
+  const el = $("sim-nomodel");
+  if (show) el.textContent = `No model loaded: ${message}`;
+  el.classList.toggle("hidden", !show);
+}
+
+function failed(err) {
+  pause();
+  notify("error", `live sim: ${err.status ? `${err.status}: ` : ""}${err.message}`);
+}
+
+// -- canvas -----------------------------------------------------------------------------
+
+function toPx(canvas, [x, y]) {
+  const scale = canvas.width / (2 * VIEW);
+  return [canvas.width / 2 + x * scale, canvas.height / 2 - y * scale];
+}
+
+function onCanvasClick(ev) {
+  const canvas = ev.currentTarget;
+  const rect = canvas.getBoundingClientRect();
+  const px = ((ev.clientX - rect.left) * canvas.width) / rect.width;
+  const py = ((ev.clientY - rect.top) * canvas.height) / rect.height;
+  const scale = canvas.width / (2 * VIEW);
+  sim.pendingTarget = [(px - canvas.width / 2) / scale, (canvas.height / 2 - py) / scale];
+  canvas.dataset.pendingTarget = sim.pendingTarget.map((v) => v.toFixed(3)).join(",");
+  if (!sim.running) notify("info", "target set: press Run to send it to the arm");
+  requestAnimationFrame(draw);
+}
+
+function draw() {
+  const canvas = $("sim-canvas");
+  const ctx = canvas.getContext("2d");
+  const { width, height } = canvas;
+  const scale = width / (2 * VIEW);
+  ctx.clearRect(0, 0, width, height);
+  // reach circle and axes
+  ctx.strokeStyle = "#d8dde3";
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  ctx.arc(width / 2, height / 2, scale, 0, 2 * Math.PI);
+  ctx.moveTo(0, height / 2);
+  ctx.lineTo(width, height / 2);
+  ctx.moveTo(width / 2, 0);
+  ctx.lineTo(width / 2, height);
+  ctx.stroke();
+  const s = sim.state;
+  if (!s) {
+    ctx.fillStyle = "#667";
+    ctx.font = "14px system-ui, sans-serif";
+    ctx.fillText("press Run to start the arm", 12, 22);
+    return;
+  }
+  // target
+  const [tx, ty] = toPx(canvas, s.target);
+  ctx.fillStyle = s.success ? "#2ca02c" : s.in_target ? "#98df8a" : "#ffbb78";
+  ctx.beginPath();
+  ctx.arc(tx, ty, Math.max(4, SUCCESS_RADIUS * scale), 0, 2 * Math.PI);
+  ctx.fill();
+  if (sim.pendingTarget) {
+    const [qx, qy] = toPx(canvas, sim.pendingTarget);
+    ctx.strokeStyle = "#ff7f0e";
+    ctx.setLineDash([4, 3]);
+    ctx.beginPath();
+    ctx.arc(qx, qy, Math.max(4, SUCCESS_RADIUS * scale), 0, 2 * Math.PI);
+    ctx.stroke();
+    ctx.setLineDash([]);
+  }
+  // trail of the tip
+  ctx.strokeStyle = "rgba(31, 119, 180, 0.35)";
+  ctx.beginPath();
+  sim.trail.forEach((p, i) => {
+    const [x, y] = toPx(canvas, p);
+    if (i === 0) ctx.moveTo(x, y);
+    else ctx.lineTo(x, y);
+  });
+  ctx.stroke();
+  // the arm: base -> elbow -> tip
+  const base = toPx(canvas, [0, 0]);
+  const elbow = toPx(canvas, s.elbow);
+  const tip = toPx(canvas, s.tip);
+  ctx.strokeStyle = "#334";
+  ctx.lineWidth = 6;
+  ctx.lineCap = "round";
+  ctx.beginPath();
+  ctx.moveTo(...base);
+  ctx.lineTo(...elbow);
+  ctx.lineTo(...tip);
+  ctx.stroke();
+  ctx.lineWidth = 1;
+  ctx.fillStyle = "#334";
+  for (const [x, y] of [base, elbow]) {
+    ctx.beginPath();
+    ctx.arc(x, y, 5, 0, 2 * Math.PI);
+    ctx.fill();
+  }
+  ctx.fillStyle = "#1f77b4";
+  ctx.beginPath();
+  ctx.arc(tip[0], tip[1], 4, 0, 2 * Math.PI);
+  ctx.fill();
+}
