@@ -429,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the whole loop on the built-in defaults")
     p.add_argument("--workdir", default=".demo", help="where data, models and runs go")
     p.add_argument("--no-serve", action="store_true", help="stop after the summary")
+    p.add_argument("--port", type=int, default=8080, help="where the Robot Editor is served (a free one if taken)")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -465,7 +466,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from continuonbrain.demo import run_demo
 
-    return run_demo(Path(args.workdir), serve=not args.no_serve)
+    return run_demo(Path(args.workdir), serve=not args.no_serve, port=args.port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,41 +1,83 @@
-"""``continuonbrain demo``: the product story in one command, on the built-in defaults.
+"""``continuonbrain demo``: the whole product story in one command, on the built-in defaults.
 
-It records expert episodes in the ``reach2d`` simulator (once; a second run reuses them),
-validates them, converts them to a TFDS RLDS dataset and reads that back, slices Fast and
-Mid windows, and trains the HOPE v1 seed sequentially with the shipped Pi 5 config (VQ-VAE,
-then Mid loop, then Fast loop), which lands in the model store's candidate slot. Promotion
-and serving join this story as those parts land.
+1. record expert episodes in the ``reach2d`` simulator (once; a second run reuses them);
+2. validate them (bad ones would be quarantined);
+3. convert them to a TFDS RLDS dataset and read it back (no TensorFlow);
+4. slice Fast (100 ms) and Mid (2 s) windows;
+5. train the HOPE v1 seed with the shipped Pi 5 config, one component at a time;
+6. gate the candidate (shadow evaluation on held-out episodes) and promote it;
+7. adapt it with LoRA to a shifted task (the arm's actuators at half gain: a worn gearbox,
+   a heavier payload), gated and promoted by the on-robot trainer;
+8. evaluate through the BrainService act path: the seed on ``reach2d`` against random and
+   expert on the same 100 seeds, and the seed and the adapted brain on the shifted task;
+9. print a summary table and serve the brain with the Robot Editor on 127.0.0.1 until
+   Ctrl-C (``--no-serve`` stops after the table).
+
+Everything lives under ``--workdir`` (default ``.demo/``). A second run reuses what exists:
+the episodes, the trained seed and the adapted brain (recognised from the store's manifests)
+and their evaluations (cached in ``demo_results.json`` by model version), so it goes
+straight to the table and the server.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
 DEMO_ENV = "reach2d"
 DEMO_EPISODES = 200
 DEMO_SEED = 0
+#: The shifted task the seed is adapted to: the same arm with its actuators at half gain.
+SHIFT = {"gain": 0.5}
+SHIFT_EPISODES = 60
+#: Evaluation episodes per policy; base seed 1000 so no evaluated episode was trained on.
+EVAL_EPISODES = 100
+EVAL_SEED = 1000
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+ADAPT_CONFIG = CONFIG_DIR / "sim-arm-lora.json"
+
+
+def _record(out: Path, n: int, seed: int, env_kwargs: dict[str, Any] | None, what: str) -> dict[str, Any] | None:
+    """Expert episodes into ``out`` unless a complete recording is there already."""
+    from continuonbrain.sim.collect import collect_to_dir
+
+    done = out / ".complete"
+    if done.exists():
+        print(f"  reusing {what} in {out}")
+        return None
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)  # an interrupted recording: start it over
+    summary = collect_to_dir(
+        DEMO_ENV, n, out, seed=seed, dart_sigma=0.1, env_kwargs=env_kwargs, progress=f"recording {what}"
+    )
+    done.write_text("ok\n")
+    return summary
 
 
 def _count_windows(source: Path, dataset_cls: type) -> tuple[int, int]:
     ds = dataset_cls(str(source))
     n = 0
     episodes = set()
-    for item in ds:
+    for item in tqdm(ds, desc=f"slicing {dataset_cls.__name__}", unit="win", mininterval=0.5, leave=False):
         n += 1
         episodes.add(item["episode_index"])
     return n, len(episodes)
 
 
 def _train(episodes_dir: Path, workdir: Path) -> dict:
-    from continuonbrain.cli import DEFAULT_HOPE_CONFIG
     from continuonbrain.trainer.sequential import SequentialTrainer
     from continuonbrain.trainer.train_config import SequentialConfig
 
     cfg = SequentialConfig.from_json(
-        DEFAULT_HOPE_CONFIG,
+        CONFIG_DIR / "pi5-hope-v1.json",
         rlds_dir=str(episodes_dir),
         model_root=str(workdir / "models"),
         run_dir=str(workdir / "runs" / "hope-v1"),
@@ -57,53 +99,184 @@ def _train(episodes_dir: Path, workdir: Path) -> dict:
     return SequentialTrainer(cfg, on_event=progress).run()
 
 
-def run_demo(workdir: Path, serve: bool = True) -> int:
+def _adapt(shifted_dir: Path, workdir: Path) -> Any:
+    """LoRA-adapt ``current`` on the shifted episodes with the shipped sim config (gated, promoted)."""
+    from continuonbrain.trainer.local_lora_trainer import maybe_run_local_training
+    from continuonbrain.trainer.lora_config import LocalTrainerJobConfig
+
+    cfg = LocalTrainerJobConfig.from_json(ADAPT_CONFIG).with_overrides(
+        {
+            "rlds_dir": str(shifted_dir),
+            "model_root": str(workdir / "models"),
+            "log_dir": str(workdir / "runs" / "adapt-logs"),
+        }
+    )
+    bar = tqdm(total=cfg.max_steps, desc="adapting (LoRA)", unit="step", mininterval=0.5)
+
+    def progress(event: dict) -> None:
+        if event.get("event") == "step":
+            bar.update(event["step"] - bar.n)
+            bar.set_postfix(loss=f"{event['loss']:.4f}")
+
+    try:
+        return maybe_run_local_training(cfg, on_event=progress)
+    finally:
+        bar.close()
+
+
+def _evaluate(models: Path, env_kwargs: dict[str, Any] | None, cache: dict[str, Any], key: str) -> dict[str, Any]:
+    """Score ``current`` through BrainService (cached by version, so a rerun is instant)."""
+    from continuonbrain.runtime.served_policy import evaluate_served
+    from continuonbrain.trainer.store import PromotionStore
+
+    version = PromotionStore(models).current_version()
+    cached = cache.get(key)
+    if cached and cached.get("model_version") == version:
+        return cached
+    t0 = time.perf_counter()
+    print(f"  evaluating {version} on {DEMO_ENV}{' ' + json.dumps(env_kwargs) if env_kwargs else ''} "
+          f"({EVAL_EPISODES} episodes each: model, random, expert)")  # fmt: skip
+    result = evaluate_served(models, DEMO_ENV, episodes=EVAL_EPISODES, seed=EVAL_SEED, env_kwargs=env_kwargs)
+    result.pop("per_episode", None)
+    for b in (result.get("baselines") or {}).values():
+        if b:
+            b.pop("per_episode", None)
+    result["eval_s"] = round(time.perf_counter() - t0, 1)
+    cache[key] = result
+    return result
+
+
+def _row(name: str, r: dict[str, Any] | None) -> str:
+    from continuonbrain.sim.evaluate import percent
+
+    if r is None:
+        return f"    {name:<26} n/a"
+    return f"    {name:<26} {percent(r['success_rate']):>8}  {r['mean_final_distance']:>8.3f}  {r['mean_return']:>9.2f}"
+
+
+def run_demo(workdir: Path, serve: bool = True, port: int = 8080) -> int:
     from continuonbrain.rlds import read_episodes
     from continuonbrain.rlds.validate import validate_path
     from continuonbrain.rlds.windows import FastWindowDataset, MidTrajectoryDataset
     from continuonbrain.rlds.writer import convert
-    from continuonbrain.sim.collect import collect_to_dir
+    from continuonbrain.trainer.promotion import promote_candidate
+    from continuonbrain.trainer.store import PromotionStore
 
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    episodes_dir = workdir / "episodes"
-    tfds_dir = workdir / "tfds"
+    episodes_dir, shifted_dir = workdir / "episodes", workdir / "episodes-gain05"
+    tfds_dir, models = workdir / "tfds", workdir / "models"
+    results_path = workdir / "demo_results.json"
+    cache: dict[str, Any] = json.loads(results_path.read_text()) if results_path.exists() else {}
     rows: list[tuple[str, str]] = []
     t0 = time.perf_counter()
 
-    if not episodes_dir.exists() or not any(episodes_dir.iterdir()):
-        print(f"[1/5] recording {DEMO_EPISODES} expert episodes in {DEMO_ENV} -> {episodes_dir}")
-        summary = collect_to_dir(DEMO_ENV, DEMO_EPISODES, episodes_dir, seed=DEMO_SEED, dart_sigma=0.1)
-        rows.append(("expert success rate", f"{summary['success_rate']:.0%}"))
-    else:
-        print(f"[1/5] reusing the episodes in {episodes_dir}")
+    print(f"[1/9] expert episodes in {DEMO_ENV}")
+    summary = _record(episodes_dir, DEMO_EPISODES, DEMO_SEED, None, f"{DEMO_EPISODES} expert episodes")
+    if summary:
+        rows.append(("expert success while recording", f"{summary['success_rate']:.0%}"))
 
-    print("[2/5] validating")
+    print("[2/9] validating")
     report = validate_path(episodes_dir, quarantine_dir=workdir / "quarantine")
-    rows.append(("episodes ok / bad", f"{report.episodes_ok} / {report.episodes_bad}"))
-    rows.append(("steps", str(report.steps_ok)))
+    rows.append(("episodes ok / bad", f"{report.episodes_ok} / {report.episodes_bad} ({report.steps_ok} steps)"))
 
-    print(f"[3/5] converting to a TFDS RLDS dataset -> {tfds_dir}")
+    print(f"[3/9] converting to a TFDS RLDS dataset -> {tfds_dir}")
     converted = convert(episodes_dir, tfds_dir, "tfds", name="continuon_demo")
-    back = sum(len(ep) for ep in tqdm(read_episodes(tfds_dir), desc="reading TFDS back", unit="ep"))
+    back = sum(len(ep) for ep in tqdm(read_episodes(tfds_dir), desc="reading TFDS back", unit="ep", leave=False))
     rows.append(("TFDS round trip", f"{converted['written']} episodes, {back} steps read back"))
 
-    print("[4/5] slicing Fast (100 ms) and Mid (2 s) windows")
+    print("[4/9] slicing Fast (100 ms) and Mid (2 s) windows")
     fast, n_eps = _count_windows(tfds_dir, FastWindowDataset)
     mid, _ = _count_windows(episodes_dir, MidTrajectoryDataset)
-    rows.append(("Fast windows", f"{fast} over {n_eps} episodes"))
-    rows.append(("Mid windows", str(mid)))
+    rows.append(("Fast / Mid windows", f"{fast} / {mid} over {n_eps} episodes"))
 
-    print("[5/5] training the HOPE v1 seed, one component at a time")
-    summary = _train(episodes_dir, workdir)
-    for name, c in summary["components"].items():
-        loss = f"loss {c['initial_loss']:.3f} -> {c['final_loss']:.3f}"
-        rows.append((f"trained {name}", f"{c['steps']} steps, {loss}, {c['wall_time_s']:.0f} s"))
+    store = PromotionStore(models)
+    current = store.manifest("current") if store.slot("current").exists() else None
+    if current is None:
+        print("[5/9] training the HOPE v1 seed, one component at a time")
+        trained = _train(episodes_dir, workdir)
+        for name, c in trained["components"].items():
+            loss = f"loss {c['initial_loss']:.3f} -> {c['final_loss']:.3f}"
+            rows.append((f"trained {name}", f"{c['steps']} steps, {loss}, {c['wall_time_s']:.0f} s"))
+        print("[6/9] gating the candidate (shadow evaluation on held-out episodes) and promoting it")
+        gate, _ = promote_candidate(models, rlds_dir=episodes_dir)
+        rows.append(("seed gate", ("promoted" if gate.passed else "REJECTED") + f": {gate.reason}"))
+        if not gate.passed:
+            print(f"the seed was rejected by the gate ({gate.reason}); see {models / 'audit.jsonl'}")
+            return 1
+    else:
+        print(f"[5/9] [6/9] reusing the promoted brain {current['version']} ({current.get('kind')})")
+
+    current = store.manifest("current") or {}
+    if current.get("kind") == "hope-seed":
+        cache["seed_version"] = current["version"]
+        seed_base = _evaluate(models, None, cache, "seed_on_reach2d")
+        seed_shift = _evaluate(models, SHIFT, cache, "seed_on_shifted")
+        results_path.write_text(json.dumps(cache, indent=2) + "\n")
+        print(f"[7/9] adapting with LoRA to the shifted task (gain {SHIFT['gain']})")
+        _record(shifted_dir, SHIFT_EPISODES, DEMO_SEED + 1, SHIFT, f"{SHIFT_EPISODES} shifted-task episodes")
+        result = _adapt(shifted_dir, workdir)
+        before = "n/a" if result.before_avg_action_delta is None else f"{result.before_avg_action_delta:.3f}"
+        after = "n/a" if result.after_avg_action_delta is None else f"{result.after_avg_action_delta:.3f}"
+        rows.append(("LoRA adaptation", f"{result.status} ({result.reason or 'gate passed'}); "
+                     f"held-out action error {before} -> {after}, {result.steps} steps"))  # fmt: skip
+    else:
+        print("[7/9] reusing the adapted brain")
+        seed_base, seed_shift = cache.get("seed_on_reach2d"), cache.get("seed_on_shifted")
+
+    print("[8/9] evaluating through BrainService.act")
+    served = store.manifest("current") or {}
+    adapted_shift = _evaluate(models, SHIFT, cache, "current_on_shifted") if served.get("kind") != "hope-seed" else None
+    results_path.write_text(json.dumps(cache, indent=2) + "\n")
+    rows.append(("serving", f"{served.get('version')} ({served.get('kind')})"))
     rows.append(("wall time", f"{time.perf_counter() - t0:.1f} s"))
 
+    print("\n[9/9] ContinuonBrain demo: the loop, closed")
     width = max(len(k) for k, _ in rows)
-    print("\nContinuonBrain demo: the loop so far")
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
+    print(f"\n  reflex on {DEMO_ENV}, {EVAL_EPISODES} held-out seeds     success  distance     return")
+    if seed_base:
+        print(_row("HOPE seed", seed_base))
+        print(_row("expert (scripted IK)", seed_base["baselines"]["expert"]))
+        print(_row("random", seed_base["baselines"]["random"]))
+    print(f"  shifted task (gain {SHIFT['gain']})")
+    if seed_shift:
+        print(_row("HOPE seed (before)", seed_shift))
+    if adapted_shift:
+        print(_row("HOPE + LoRA (after)", adapted_shift))
+    if seed_shift:
+        print(_row("expert (scripted IK)", seed_shift["baselines"]["expert"]))
+    print(f"\n  results: {results_path}")
+
     if serve:
-        print("\nServing (BrainService + Robot Editor) is not part of this build yet; nothing to serve.")
+        _serve(models, episodes_dir, workdir, port)
     return 0 if report.episodes_bad == 0 else 1
+
+
+def _serve(models: Path, episodes_dir: Path, workdir: Path, port: int) -> None:
+    from continuonbrain.runtime.api import serve
+
+    port = port if _port_free(port) else _free_port()
+
+    def ready(host: str, port: int, token_path: Path) -> None:
+        print(f"\nRobot Editor: http://{host}:{port}/   token: {token_path}   (Ctrl-C stops)", flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how the demo ends
+        serve(models, port=port, rlds_dir=episodes_dir, run_root=workdir / "runs", adapt_config=ADAPT_CONFIG,
+              on_ready=ready, log_level="warning")  # fmt: skip
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -189,6 +189,7 @@ def create_app(
                 "candidate": _brief(info["candidate"]),
                 "history": [_brief(m) for m in info["history"]],
             },
+            "audit": _audit_brief(store),
             "gates": gates(),
             "training": jobs.status(curves=False),
             "service": served,
@@ -430,6 +431,14 @@ def _brief(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
     if not manifest:
         return None
     return {k: v for k, v in manifest.items() if k != "files"}
+
+
+def _audit_brief(store: PromotionStore) -> dict[str, Any]:
+    """How many decisions the audit log holds and the newest one: a page that watches this
+    notices a promotion or rejection made elsewhere (an adapt job, the CLI) without polling
+    the whole log."""
+    records = store.audit()
+    return {"count": len(records), "last": records[-1] if records else None}
 
 
 def _manifest_rlds_dir(store: PromotionStore) -> str | None:

@@ -129,6 +129,7 @@ def collect_to_dir(
     *,
     env_kwargs: Mapping[str, Any] | None = None,
     max_steps: int | None = None,
+    progress: str | None = None,
     **write_options: Any,
 ) -> dict[str, Any]:
     """Collect episodes and write them with :func:`continuonbrain.rlds.write_episodes`.
@@ -137,7 +138,8 @@ def collect_to_dir(
     name defaults to the env id (made identifier-safe). Returns a summary: ``env``,
     ``format``, ``out``, ``episodes``, ``steps``, ``control_role``, ``success_rate``,
     ``mean_return``, ``mean_final_distance``, ``mean_tracking_error``, ``seed``,
-    ``dart_sigma`` and the ``paths`` written.
+    ``dart_sigma`` and the ``paths`` written. ``progress``: a label for a progress bar on
+    stderr (None: no bar).
     """
     if format == "tfds":
         write_options.setdefault("name", re.sub(r"\W", "_", env_id).lower())
@@ -152,7 +154,12 @@ def collect_to_dir(
             roles.add(ep.metadata["control_role"])
             yield ep
 
-    paths = write_episodes(tally(), out_dir, format=format, **write_options)  # type: ignore[arg-type]
+    episodes: Iterator[Episode] = tally()
+    if progress is not None:
+        from tqdm import tqdm
+
+        episodes = tqdm(episodes, total=n_episodes, desc=progress, unit="ep", mininterval=0.5)
+    paths = write_episodes(episodes, out_dir, format=format, **write_options)  # type: ignore[arg-type]
     return {
         "env": env_id,
         "format": format,
