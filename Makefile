@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench lint format clean
+.PHONY: venv demo test bench bench-imagined lint format clean
 
 venv: $(STAMP)
 
@@ -22,8 +22,18 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
+# Every benchmark whose figures are in BENCHMARKS.md (tens of minutes on 2 cores); results in bench/results/.
 bench: venv
 	$(BIN)/python bench/bench_rlds.py
+	$(BIN)/python bench/bench_infer.py
+	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/bench_adapt.py
+	$(BIN)/python bench/bench_api.py
+	$(BIN)/python bench/bench_reflex.py
+
+# The imagined-rollouts experiment: several seeds x (train, imagine, retrain, evaluate); ~20 minutes.
+bench-imagined: venv
+	$(BIN)/python bench/bench_imagined.py
 
 lint: venv
 	$(BIN)/ruff check .
