@@ -42,11 +42,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psutil
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
 
@@ -199,7 +200,7 @@ def create_app(
         }
 
     @app.post("/api/infer", response_model=InferResponse)
-    async def infer(req: InferRequest) -> dict[str, Any]:
+    async def infer(req: InferRequest) -> Response:
         """One control tick: the action for ``observation`` from the served model."""
         obs = req.observation
         try:
@@ -211,13 +212,17 @@ def create_app(
             raise HTTPException(503, str(exc)) from None
         except ValueError as exc:
             raise HTTPException(422, f"observation: {exc}") from None
-        return {
+        # Encoded here with orjson and returned as a Response, so FastAPI does not re-validate
+        # and re-encode a shape this code controls (the route's hot path; InferResponse still
+        # documents it in OpenAPI).
+        body = {
             "action": result.action.tolist(),
             "model_version": result.model_version,
             "latency_us": result.latency_us,
             "session_id": result.session_id,
             "fresh_state": result.fresh_state,
         }
+        return Response(orjson.dumps(body), media_type="application/json")
 
     # -- models ---------------------------------------------------------------------------
 
