@@ -1,12 +1,20 @@
 """Functional reflex: after the default training, does the HOPE Fast loop reach and track like the expert?
 
     nice -n 10 python bench/bench_reflex.py [--envs reach2d track2d] [--seeds 0 1 2] [--episodes 200]
-        [--eval-episodes 100] [--eval-seed 1000] [--out bench/results/reflex.json]
+        [--dart-sigma reach2d=0.1 track2d=0.3] [--eval-episodes 100] [--eval-seed 1000]
+        [--set KEY=JSON ...] [--out bench/results/reflex.json]
+
+``--set`` overrides fields of the shipped config (dotted keys, JSON values) for ablations, e.g.
+``--set model.fast.use_context=true components.fast_loop.max_steps=300`` (the seed before the fix).
 
 For every env:
 
-1. ``--episodes`` expert episodes, recorded as ``make demo`` records them (``sim collect``,
-   seed 0, DART noise ``dart_sigma=0.1``), cached under ``--data``;
+1. ``--episodes`` expert episodes (``sim collect``, seed 0) with DART noise: for reach2d
+   ``dart_sigma=0.1``, as ``make demo`` records them; for track2d 0.3, because at 0.1 the
+   noise, low-passed by the arm's 50 ms actuator lag, barely moves the arm off the expert's
+   path while a learner's correlated error drifts it ~0.1 behind a moving target, where the
+   demonstrations show nothing (``--dart-sigma track2d=0.1`` reproduces that failure);
+   cached under ``--data``;
 2. for every training seed ``s``: the HOPE v1 seed trained on them with the shipped
    ``pi5-hope-v1`` config (its ``seed`` set to ``s``, nothing else changed) into a model
    store's candidate slot, then evaluated **through BrainService.act** (the path that serves
@@ -28,6 +36,7 @@ says whether the Fast loop matches or beats the MLP. Everything is seeded.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import statistics
@@ -42,27 +51,44 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 CONFIG = REPO / "continuonbrain" / "configs" / "pi5-hope-v1.json"
-DART_SIGMA = 0.1  # what `make demo` (continuonbrain/demo.py) records with
+#: DART noise of the training episodes per env (reach2d: what `make demo` records with).
+DART_SIGMA = {"reach2d": 0.1, "track2d": 0.3}
 DATA_SEED = 0
 
 
-def collect(env_id: str, episodes: int, data: Path) -> Path:
+def collect(env_id: str, episodes: int, dart_sigma: float, data: Path) -> Path:
     from continuonbrain.sim.collect import collect_to_dir
 
-    out = data / f"{env_id}-{episodes}-dart{DART_SIGMA}"
+    out = data / f"{env_id}-{episodes}-dart{dart_sigma}"
     if not (out / ".complete").exists():
-        collect_to_dir(env_id, episodes, out, seed=DATA_SEED, dart_sigma=DART_SIGMA)
+        collect_to_dir(env_id, episodes, out, seed=DATA_SEED, dart_sigma=dart_sigma)
         (out / ".complete").write_text("ok\n")
     return out
 
 
-def train_hope(episodes: Path, work: Path, seed: int) -> dict[str, Any]:
-    """The default training (the shipped config, only its seed set), into ``work/models/candidate``."""
+def config_with(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The shipped config as a dict, with ``--set`` overrides (dotted keys) applied."""
+    data = json.loads(CONFIG.read_text())
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return data
+
+
+def train_hope(episodes: Path, work: Path, seed: int, config: dict[str, Any]) -> dict[str, Any]:
+    """The default training (the shipped config, only its seed set, unless ``--set`` changed
+    it), into ``work/models/candidate``."""
     from continuonbrain.trainer.sequential import SequentialTrainer
     from continuonbrain.trainer.train_config import SequentialConfig
 
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "config.json"
+    path.write_text(json.dumps(config, indent=2) + "\n")
     cfg = SequentialConfig.from_json(
-        CONFIG, rlds_dir=str(episodes), model_root=str(work / "models"), run_dir=str(work / "run")
+        path, rlds_dir=str(episodes), model_root=str(work / "models"), run_dir=str(work / "run")
     )
     cfg.seed = seed
     cfg.thermal.sysfs_root = str(work / "no-sysfs")  # a shared build box, not a Pi: no thermal pauses
@@ -120,7 +146,7 @@ def train_mlp(episodes: Path, steps: int, batch_size: int, seed: int) -> tuple[M
         loss.backward()
         opt.step()
     net.eval()
-    info = {"train_s": round(time.perf_counter() - t0, 1), "steps": steps, "final_loss": round(float(loss), 5)}
+    info = {"train_s": round(time.perf_counter() - t0, 1), "steps": steps, "final_loss": round(loss.item(), 5)}
     return MLPPolicy(net, mean, std), info
 
 
@@ -149,13 +175,18 @@ def bench_env(env_id: str, args: argparse.Namespace, data: Path) -> dict[str, An
     from continuonbrain.runtime.served_policy import evaluate_served
     from continuonbrain.sim.evaluate import evaluate_policy
 
-    episodes = collect(env_id, args.episodes, data)
-    comp = json.loads(CONFIG.read_text())["components"]["fast_loop"]
+    dart_sigma = args.dart_sigma[env_id]
+    episodes = collect(env_id, args.episodes, dart_sigma, data)
+    config = config_with(args.set)
+    comp = config["components"]["fast_loop"]
+    variant = (
+        "" if not args.set else "-" + hashlib.sha256(json.dumps(args.set, sort_keys=True).encode()).hexdigest()[:8]
+    )
     hope, mlp, baselines = [], [], None
     for seed in args.seeds:
-        work = data / f"{env_id}-seed{seed}"
+        work = data / f"{env_id}-dart{dart_sigma}-seed{seed}{variant}"
         torch.set_num_threads(2)
-        trained = train_hope(episodes, work, seed)
+        trained = train_hope(episodes, work, seed, config)
         result = evaluate_served(
             work / "models", env_id, slot="candidate", episodes=args.eval_episodes, seed=args.eval_seed
         )
@@ -173,7 +204,14 @@ def bench_env(env_id: str, args: argparse.Namespace, data: Path) -> dict[str, An
         }
         for name, runs in (("hope", hope), ("mlp", mlp))
     }
-    return {"episodes_dir": str(episodes), "hope": hope, "mlp": mlp, "baselines": baselines, "mean": summary}
+    return {
+        "episodes_dir": str(episodes),
+        "dart_sigma": dart_sigma,
+        "hope": hope,
+        "mlp": mlp,
+        "baselines": baselines,
+        "mean": summary,
+    }
 
 
 def acceptance(envs: dict[str, Any]) -> dict[str, Any]:
@@ -211,11 +249,12 @@ def print_table(envs: dict[str, Any]) -> None:
         for name, runs in rows:
             per = " ".join(percent(x["success_rate"]) for x in runs)
             mean = percent(mean_of(runs, "success_rate"))
-            print(f"{env_id:<8} {name:<15} {per:<24} {mean:>7} {mean_of(runs, 'mean_final_distance'):>10}")
+            print(f"{env_id:<8} {name:<15} {per:<24} {mean:>7} {mean_of(runs, 'mean_final_distance'):>10.4f}")
         for name in ("expert", "random"):
             b = r["baselines"][name]
             if b is not None:
-                print(f"{env_id:<8} {name:<15} {'':<24} {percent(b['success_rate']):>7} {b['mean_final_distance']:>10}")
+                dist = b["mean_final_distance"]
+                print(f"{env_id:<8} {name:<15} {'':<24} {percent(b['success_rate']):>7} {dist:>10.4f}")
     print("* reach2d: tip-to-target distance at the last step; track2d: mean tracking error over the episode")
 
 
@@ -224,11 +263,31 @@ def main() -> None:
     parser.add_argument("--envs", nargs="+", default=["reach2d", "track2d"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds")
     parser.add_argument("--episodes", type=int, default=200, help="expert episodes to train on")
+    parser.add_argument(
+        "--dart-sigma", nargs="+", default=[], metavar="ENV=SIGMA", help="DART noise of an env's training episodes"
+    )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=JSON",
+        help="override a config field (ablations), e.g. model.fast.use_context=true components.fast_loop.max_steps=300",
+    )
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--eval-seed", type=int, default=1000, help="base seed of the evaluation episodes")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "continuonbrain-bench-reflex")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "reflex.json")
     args = parser.parse_args()
+    sigmas = dict(DART_SIGMA)
+    for item in args.dart_sigma:
+        env_id, _, value = item.partition("=")
+        sigmas[env_id] = float(value)
+    args.dart_sigma = {env_id: sigmas.get(env_id, 0.1) for env_id in args.envs}
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
+    args.set = overrides
     import logging
 
     logging.basicConfig(level=logging.ERROR)
@@ -238,8 +297,8 @@ def main() -> None:
         "machine": f"{platform.machine()}, Python {platform.python_version()}",
         "command": "python bench/bench_reflex.py " + " ".join(sys.argv[1:]),
         "config": str(CONFIG.relative_to(REPO)),
+        "config_overrides": args.set,
         "train_episodes": args.episodes,
-        "dart_sigma": DART_SIGMA,
         "eval_episodes": args.eval_episodes,
         "eval_seed": args.eval_seed,
         "training_seeds": args.seeds,

@@ -75,6 +75,8 @@ def test_an_env_without_success_or_distance_gives_nulls_and_no_expert() -> None:
     assert result["baselines"]["random"] == {k: result[k] for k in result["baselines"]["random"]}
     assert math.isfinite(result["mean_return"]) and result["mean_length"] == 10
     assert evaluate_policy("Pendulum-v1", "expert", episodes=1) is None
+    with pytest.raises(ValueError, match="no scripted expert"):
+        evaluate("Pendulum-v1", "expert", episodes=1)
     assert space_dims("Pendulum-v1") == (3, 1) and space_dims("reach2d") == (10, 2)
     with pytest.raises(ValueError, match="episodes"):
         evaluate("reach2d", "random", episodes=0)

@@ -199,10 +199,13 @@ class FastLoopConfig(_JSONConfig):
     tau_max: float = 4.0
     tau_cap: float | None = 5.0
     dropout: float = 0.0
-    #: Feed the Mid loop's context (zeros when absent). False: the Fast loop ignores it.
+    #: Feed the Mid loop's context (zeros when absent). False: the Fast loop ignores it. Needed
+    #: when observations are images only; with vector observations that already hold the task
+    #: state it costs success: the context is an untrained projection of quantised tokens, so it
+    #: differs between episodes in ways the Fast loop memorises rather than generalises (reach2d,
+    #: 1000 steps: held-out action error near the target 2x, success 85% against 100%). The shipped
+    #: ``pi5-hope-v1`` config therefore turns it off (BENCHMARKS.md, "Functional reflex").
     use_context: bool = True
-    #: Probability that a training window's whole context is zeroed (Fast-loop training only).
-    context_dropout: float = 0.0
 
     def validate(self) -> None:
         o = self._name
@@ -210,7 +213,6 @@ class FastLoopConfig(_JSONConfig):
             _int(o, name, getattr(self, name))
         _check_taus(o, self.tau_min, self.tau_max, self.tau_cap)
         _float(o, "dropout", self.dropout, lo=0.0, lo_inclusive=True, hi=1.0)
-        _float(o, "context_dropout", self.context_dropout, lo=0.0, lo_inclusive=True, hi=1.0 + 1e-9)
         if not isinstance(self.use_context, bool):
             raise ValueError(f"{o}.use_context must be true or false, got {self.use_context!r}")
 

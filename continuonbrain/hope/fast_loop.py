@@ -118,13 +118,7 @@ class FastLoop(nn.Module):
         target = as_float_tensor(batch["action"], obs.device)
         mask = batch.get("mask")
         mask_t = None if mask is None else torch.as_tensor(mask, device=obs.device).bool()
-        context = batch.get("context")
-        p = self.config.fast.context_dropout
-        if context is not None and self.training and p > 0:
-            ctx = as_float_tensor(context, obs.device)
-            keep = (torch.rand(ctx.shape[0], device=obs.device) >= p).to(ctx.dtype)
-            context = ctx * keep.reshape(-1, *([1] * (ctx.dim() - 1)))
-        pred = self.forward(obs, context, mask_t, normalized=True)
+        pred = self.forward(obs, batch.get("context"), mask_t, normalized=True)
         tgt = self.actions.normalize(target).clamp(-1.0, 1.0)
         err = (pred - tgt).pow(2).mean(-1)
         w = torch.ones_like(err) if mask_t is None else mask_t.to(err.dtype)

@@ -125,7 +125,7 @@ def _run(
     return EpisodeScore(index, ep_seed, int(stats["length"]), float(stats["return"]), success, distance)
 
 
-def _summary(scores: list[EpisodeScore]) -> dict[str, Any]:
+def _summary(scores: list[EpisodeScore], tracking: bool) -> dict[str, Any]:
     """Means over episodes (``None`` where no episode had the figure) plus the per-episode rows."""
 
     def mean(values: list[float | None]) -> float | None:
@@ -137,6 +137,7 @@ def _summary(scores: list[EpisodeScore]) -> dict[str, Any]:
         "success_rate": mean([None if s.success is None else float(s.success) for s in scores]),
         "mean_final_distance": mean([s.final_distance for s in scores]),
         "mean_length": mean([float(s.length) for s in scores]),
+        "distance_metric": "tracking_error" if tracking else "final_distance",
         "per_episode": [s.to_dict() for s in scores],
     }
 
@@ -150,7 +151,9 @@ def evaluate_policy(
     env_kwargs: Mapping[str, Any] | None = None,
     max_steps: int | None = None,
 ) -> dict[str, Any] | None:
-    """Score one policy (no baselines) over ``episodes`` seeded episodes; see :func:`evaluate`.
+    """Score one policy (no baselines) over ``episodes`` seeded episodes: ``mean_return``,
+    ``success_rate``, ``mean_final_distance``, ``mean_length``, ``distance_metric`` and
+    ``per_episode`` (see :func:`evaluate`).
 
     ``policy`` is ``"expert"``, ``"random"``, an object with ``reset()`` and ``act(obs)``, or a
     plain ``obs -> action`` callable. Returns ``None`` for ``"expert"`` on an env without a
@@ -173,7 +176,7 @@ def evaluate_policy(
             scores.append(_run(probe, _FlatObservation(pol), i, ep_seed, tracking, max_steps))
     finally:
         env.close()
-    return _summary(scores)
+    return _summary(scores, tracking)
 
 
 def evaluate(
@@ -196,19 +199,9 @@ def evaluate(
     with the same figures (``None`` for the expert where the env has none).
     """
     result = evaluate_policy(env_id, policy, episodes, seed, env_kwargs=env_kwargs, max_steps=max_steps)
-    assert result is not None  # only the "expert" policy can be missing
-    env = make_env(env_id, env_kwargs)
-    try:
-        tracking = _is_tracking(env)
-    finally:
-        env.close()
-    out: dict[str, Any] = {
-        "env": env_id,
-        "episodes": episodes,
-        "seed": seed,
-        "distance_metric": "tracking_error" if tracking else "final_distance",
-        **result,
-    }
+    if result is None:
+        raise ValueError(f"env {env_id!r} has no scripted expert to evaluate")
+    out: dict[str, Any] = {"env": env_id, "episodes": episodes, "seed": seed, **result}
     if baselines:
         out["baselines"] = {
             name: evaluate_policy(env_id, name, episodes, seed, env_kwargs=env_kwargs, max_steps=max_steps)
