@@ -109,8 +109,9 @@ def pct(xs: list[float]) -> dict[str, float]:
     }
 
 
-def client_proc(port: int, idx: int, start_at: float, seconds: float, out: Any) -> None:
-    """A client process: infer in a loop until the deadline; reports counts and version times."""
+def client_proc(port: int, idx: int, start_at: float, seconds: float, out: Any, rate_hz: float = 0.0) -> None:
+    """A client process: infer in a loop until the deadline (at ``rate_hz`` per second, or as
+    fast as it can when 0); reports counts and version times."""
     c = Client(port, f"bench-{idx}")
     c.infer()
     while time.time() < start_at:
@@ -119,7 +120,14 @@ def client_proc(port: int, idx: int, start_at: float, seconds: float, out: Any) 
     first_seen: dict[str, float] = {}
     messages: list[str] = []
     end = start_at + seconds
+    period = 1.0 / rate_hz if rate_hz > 0 else 0.0
+    next_at = time.time()
     while time.time() < end:
+        if period:
+            next_at += period
+            delay = next_at - time.time()
+            if delay > 0:
+                time.sleep(delay)
         try:
             status, body = c.infer()
         except (OSError, http.client.HTTPException) as exc:
@@ -136,11 +144,11 @@ def client_proc(port: int, idx: int, start_at: float, seconds: float, out: Any) 
     out.put({"ok": ok, "errors": errors, "first_seen": first_seen, "messages": messages[:5]})
 
 
-def run_clients(port: int, clients: int, seconds: float, during: Any = None) -> dict[str, Any]:
+def run_clients(port: int, clients: int, seconds: float, during: Any = None, rate_hz: float = 0.0) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     start_at = time.time() + 3.0  # spawned interpreters need a moment to import
-    procs = [ctx.Process(target=client_proc, args=(port, i, start_at, seconds, queue)) for i in range(clients)]
+    procs = [ctx.Process(target=client_proc, args=(port, i, start_at, seconds, queue, rate_hz)) for i in range(clients)]
     for p in procs:
         p.start()
     extra = during(start_at) if during else None
@@ -195,6 +203,36 @@ print(json.dumps(out))
     return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, text=True)
 
 
+def swap_test(port: int, models: Path, clients: int, promotions: int, gap: float, rate_hz: float) -> dict[str, Any]:
+    """``clients`` call infer (at ``rate_hz`` each, 0 = flat out) while another process promotes."""
+    holder: dict[str, Any] = {}
+
+    def during(start_at: float) -> None:
+        holder["proc"] = promoter(models, promotions, start_at, gap)
+
+    swap = run_clients(port, clients, gap * (promotions + 2) + 1.0, during, rate_hz)
+    promoted = json.loads(holder["proc"].communicate(timeout=120)[0])
+    switch_ms = [
+        round((swap["first_seen"][p["version"]] - p["promoted_at"]) * 1e3, 1)
+        for p in promoted
+        if p["version"] in swap["first_seen"]
+    ]
+    return {
+        "clients": clients,
+        "rate_hz_per_client": rate_hz or "max",
+        "promotions": len(promoted),
+        "requests_ok": swap["ok"],
+        "requests_per_s": swap["requests_per_s"],
+        "errors": swap["errors"],
+        "error_messages": swap["error_messages"],
+        "versions_served": len(swap["first_seen"]),
+        "switch_ms": switch_ms,
+        "switch_ms_max": max(switch_ms) if switch_ms else None,
+        "switch_ms_median": statistics.median(switch_ms) if switch_ms else None,
+        "not_seen": len(promoted) - len(switch_ms),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "continuonbrain-bench-adapt")
@@ -204,6 +242,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--promotions", type=int, default=10)
+    parser.add_argument("--control-hz", type=float, default=100.0, help="per-client rate of the control-rate swap test")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "bench_api.json")
     args = parser.parse_args()
 
@@ -221,32 +260,10 @@ def main() -> None:
         print(f"{args.clients} clients: {many['requests_per_s']} req/s, errors {many['errors']}", file=sys.stderr)
 
         gap = max(0.2, args.seconds / (args.promotions + 2))
-        holder: dict[str, Any] = {}
-
-        def during(start_at: float) -> None:
-            holder["proc"] = promoter(models, args.promotions, start_at, gap)
-
-        swap_seconds = gap * (args.promotions + 2) + 1.0
-        swap = run_clients(port, args.clients, swap_seconds, during)
-        promoted = json.loads(holder["proc"].communicate(timeout=120)[0])
-        switch_ms = []
-        for p in promoted:
-            seen = swap["first_seen"].get(p["version"])
-            if seen is not None:
-                switch_ms.append(round((seen - p["promoted_at"]) * 1e3, 1))
-        swap_result = {
-            "clients": args.clients,
-            "promotions": len(promoted),
-            "requests_ok": swap["ok"],
-            "errors": swap["errors"],
-            "error_messages": swap["error_messages"],
-            "versions_served": len(swap["first_seen"]),
-            "switch_ms": switch_ms,
-            "switch_ms_max": max(switch_ms) if switch_ms else None,
-            "switch_ms_median": statistics.median(switch_ms) if switch_ms else None,
-            "not_seen": len(promoted) - len(switch_ms),
-        }
-        print(f"swap test: {swap_result}", file=sys.stderr)
+        swap_results = {}
+        for label, rate in (("control_rate", args.control_hz), ("saturated", 0.0)):
+            swap_results[label] = swap_test(port, models, args.clients, args.promotions, gap, rate)
+            print(f"swap test ({label}): {swap_results[label]}", file=sys.stderr)
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=60)
@@ -257,7 +274,7 @@ def main() -> None:
         "goal_p99_ms": GOAL_P99_MS,
         "meets_goal": single["round_trip_ms"]["p99"] <= GOAL_P99_MS,
         "concurrent": {k: v for k, v in many.items() if k != "extra"},
-        "swap": swap_result,
+        "swap": swap_results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
