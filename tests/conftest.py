@@ -74,9 +74,12 @@ def episodes_dir(tmp_path: Path) -> Path:
     return out
 
 
-def train_promoted_seed(rlds_dir: Path, tmp: Path, steps: int, reason: str) -> Path:
-    """Train a small HOPE seed (VQ-VAE, Mid loop, Fast loop; ``steps`` each) on ``rlds_dir``
-    and promote it to ``current`` of ``tmp/models``; returns the model root."""
+def train_promoted_seed(
+    rlds_dir: Path, tmp: Path, steps: int, reason: str, fast_steps: int | None = None, model: dict | None = None
+) -> Path:
+    """Train a small HOPE seed (VQ-VAE, Mid loop, Fast loop; ``steps`` each, ``fast_steps`` for
+    the Fast loop if given) on ``rlds_dir`` and promote it to ``current`` of ``tmp/models``;
+    returns the model root."""
     from continuonbrain.trainer.sequential import SequentialTrainer
     from continuonbrain.trainer.store import PromotionStore
     from continuonbrain.trainer.train_config import SequentialConfig
@@ -84,9 +87,10 @@ def train_promoted_seed(rlds_dir: Path, tmp: Path, steps: int, reason: str) -> P
     comps = {
         "vqvae": {"max_steps": steps, "batch_size": 128, "shuffle_buffer": 1024, "checkpoint_every": 1000},
         "mid_loop": {"max_steps": steps, "batch_size": 8, "window_s": 2.0, "checkpoint_every": 1000},
-        "fast_loop": {"max_steps": steps, "batch_size": 64, "window_s": 0.1, "checkpoint_every": 1000},
+        "fast_loop": {"max_steps": fast_steps or steps, "batch_size": 64, "window_s": 0.1, "checkpoint_every": 1000},
     }
     cfg = SequentialConfig(
+        model=model or {},
         rlds_dir=str(rlds_dir),
         model_root=str(tmp / "models"),
         run_dir=str(tmp / "run"),
@@ -99,16 +103,29 @@ def train_promoted_seed(rlds_dir: Path, tmp: Path, steps: int, reason: str) -> P
     return tmp / "models"
 
 
+#: Expert episodes behind ``arm_seed``.
+ARM_SEED_EPISODES = 60
+
+
 @pytest.fixture(scope="session")
 def arm_seed(tmp_path_factory) -> dict[str, Path]:
     """A small HOPE seed trained on reach2d expert episodes and promoted to ``current``, for
-    the serving tests (BrainService, API, Robot Editor). Tests that change the store copy it
-    first with :func:`copy_store`."""
+    the serving tests (BrainService, API, Robot Editor). Its Fast loop is trained as the shipped
+    config trains it (no Mid context, 1000 steps), so it really reaches targets (~86% of
+    held-out reach2d episodes) and the Robot Editor's live sim can show a reach. Tests that
+    change the store copy it first with :func:`copy_store`."""
     from continuonbrain.sim.collect import collect_to_dir
 
     tmp = tmp_path_factory.mktemp("arm-seed")
-    collect_to_dir("reach2d", 24, tmp / "episodes", seed=5, dart_sigma=0.1)
-    models = train_promoted_seed(tmp / "episodes", tmp, steps=40, reason="seed for the serving tests")
+    collect_to_dir("reach2d", ARM_SEED_EPISODES, tmp / "episodes", seed=5, dart_sigma=0.1)
+    models = train_promoted_seed(
+        tmp / "episodes",
+        tmp,
+        steps=40,
+        fast_steps=1000,
+        model={"fast": {"use_context": False}},
+        reason="seed for the serving tests",
+    )
     return {"models": models, "episodes": tmp / "episodes"}
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import copy_store, live_server, make_variant
+from conftest import ARM_SEED_EPISODES, copy_store, live_server, make_variant
 
 from continuonbrain.runtime.api import create_app
 from continuonbrain.trainer.store import PromotionStore
@@ -278,7 +278,7 @@ def test_adaptation_job_runs_the_gate_and_reports(site) -> None:
 def test_episodes_validation_state_and_quarantine(site) -> None:
     client, auth, paths = site
     listing = client.get("/api/episodes").json()
-    assert listing["total"] == 24 and listing["bad"] == 0 and listing["steps"] > 0
+    assert listing["total"] == ARM_SEED_EPISODES and listing["bad"] == 0 and listing["steps"] > 0
     assert all(e["valid"] for e in listing["episodes"])
     first = sorted(p for p in paths["episodes"].iterdir() if p.is_dir())[0]
     step_file = next((first / "steps").glob("*.jsonl"))
@@ -290,15 +290,15 @@ def test_episodes_validation_state_and_quarantine(site) -> None:
 
     listing = client.get("/api/episodes").json()
     bad = [e for e in listing["episodes"] if not e["valid"]]
-    assert listing["bad"] == 1 and len(bad) == 1 and listing["ok"] == 23
+    assert listing["bad"] == 1 and len(bad) == 1 and listing["ok"] == ARM_SEED_EPISODES - 1
     assert first.name in bad[0]["error"] and "reward" in bad[0]["error"]
 
     r = client.post("/api/episodes/quarantine", headers=auth)
     assert r.status_code == 200 and len(r.json()["quarantined"]) == 1
     listing = client.get("/api/episodes").json()
-    assert listing["total"] == 23 and listing["bad"] == 0
+    assert listing["total"] == ARM_SEED_EPISODES - 1 and listing["bad"] == 0
     assert listing["quarantine"][0]["name"] == first.name and "reward" in listing["quarantine"][0]["reason"]
-    assert client.get("/api/episodes", params={"limit": 5, "offset": 20}).json()["episodes"][-1]["valid"]
+    assert client.get("/api/episodes", params={"limit": 5, "offset": 50}).json()["episodes"][-1]["valid"]
 
 
 def test_live_sim_routes(site) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import copy_store, live_server, make_variant
+from conftest import ARM_SEED_EPISODES, copy_store, live_server, make_variant
 
 from continuonbrain.runtime.api import DEFAULT_TRAIN_CONFIG, create_app
 from continuonbrain.trainer.store import PromotionStore
@@ -151,7 +151,7 @@ def test_page_shows_status_of_the_served_model(page, seed_site) -> None:
     expect(page.get_by_test_id("status-memory")).to_contain_text("available")
     expect(page.get_by_test_id("status-temp")).to_contain_text("unknown")
     expect(page.get_by_test_id("current-version")).to_have_text(expected)
-    expect(page.get_by_test_id("episodes-totals")).to_have_attribute("data-total", "24")
+    expect(page.get_by_test_id("episodes-totals")).to_have_attribute("data-total", str(ARM_SEED_EPISODES))
     expect(page.get_by_test_id("train-stream")).to_have_text("connected")
     assert error_messages(page) == []
 
@@ -166,7 +166,7 @@ def test_training_started_from_the_page_draws_live_loss(page, servers, arm_seed,
     (sysfs / "class/thermal/thermal_zone0").mkdir(parents=True)
     (sysfs / "class/thermal/thermal_zone0/temp").write_text("91000\n")
     config = json.loads(DEFAULT_TRAIN_CONFIG.read_text())
-    config.update(torch_threads=1, normalizer_episodes=24)
+    config.update(torch_threads=1, normalizer_episodes=ARM_SEED_EPISODES)
     config["thermal"]["sysfs_root"] = str(tmp_path / "no-sysfs")  # the trainer itself must not pause
     for name, batch in (("vqvae", 128), ("mid_loop", 8), ("fast_loop", 64)):
         config["components"][name].update(batch_size=batch, checkpoint_every=1000, shuffle_buffer=512)
@@ -250,18 +250,12 @@ def test_promotion_from_the_page_shows_the_gate_and_changes_the_version(page, se
     assert error_messages(page) == []
 
 
-def test_live_sim_tracks_a_clicked_target(page, seed_site) -> None:
+def test_live_sim_reaches_a_clicked_target(page, seed_site) -> None:
     """The page's loop (sim reset -> /api/infer -> sim step) runs the served policy, shows the
-    version and latency, and a click on the canvas moves the target to that point.
-
-    What it proves about the policy: after the click the arm measurably approaches the new
-    target (the best distance falls to half the distance at the click, or less). It does not
-    assert a held success: the tiny session seed (``arm_seed``) holds a random reach2d target
-    within 6 s in only 15-40 % of episodes. The approach is robust: measured offline with the
-    same seed model, from sim seed 9 with the click at any tick from 5 to 115 the best distance
-    fell to 0.006-0.23 of the distance at the click (to half of it within 95 ticks), and from
-    20 random start poses to this target (0.8 at -30°) it fell below 0.19.
-    """
+    version and latency; a click on the canvas moves the target to that point, and the arm
+    reaches it: the tip holds within 5 cm of the new target for 5 ticks (the env's success,
+    shown as "Reached"). The session seed reaches ~86% of held-out reach2d targets, and the
+    live sim never truncates, so the arm gets as many ticks as the timeout allows."""
     version = PromotionStore(seed_site["models"]).current_version()
     page.goto(seed_site["url"])
     page.get_by_test_id("sim-seed").fill("9")  # its own target is far from the clicked one
@@ -284,7 +278,7 @@ def test_live_sim_tracks_a_clicked_target(page, seed_site) -> None:
     )
     page.wait_for_function(
         "() => { const d = document.getElementById('sim-canvas').dataset;"
-        " return +d.startDistance > 0.1 && +d.bestDistance <= 0.5 * +d.startDistance; }",
+        " return d.success === 'true' && +d.startDistance > 0.1 && +d.bestDistance <= 0.05; }",
         timeout=SLOW,
     )
     page.get_by_test_id("sim-run").click()
