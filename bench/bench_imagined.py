@@ -7,7 +7,7 @@ For every seed ``s``:
 
 1. ``--real-episodes`` reach2d expert episodes (``sim collect`` with seed ``s``);
 2. the HOPE seed trained on them with the shipped ``pi5-hope-v1`` config (its ``seed`` set to
-   ``s``), and its Fast loop (``HopeBrain.act``, Mid context included) evaluated on
+   ``s``), and its Fast loop (``HopeBrain.act``, Mid context as the config says) evaluated on
    ``--eval-episodes`` reach2d episodes of base seed ``--eval-seed`` (the same episodes for
    every seed and arm, none of them in the training data) with ``sim.evaluate``;
 3. ``--imagined`` episodes imagined from that model (``imagine_to_dir``, default search,
