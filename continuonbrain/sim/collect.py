@@ -66,9 +66,10 @@ def rollout(
 ) -> dict[str, Any]:
     """Run one episode of ``policy`` in ``env`` and score it.
 
-    Returns ``return``, ``length``, ``success`` (any step reported ``info["success"]``),
-    ``terminated``, ``truncated``, ``final_distance`` and ``tracking_error`` (the last and the
-    mean ``info["distance"]``; ``None`` for envs that report no distance).
+    Returns ``return``, ``length``, ``success`` (any step reported ``info["success"]``; None
+    when the env never reports it), ``terminated``, ``truncated``, ``final_distance`` and
+    ``tracking_error`` (the last and the mean ``info["distance"]``; ``None`` for envs that
+    report no distance).
     """
     seed_ = 0 if seed is None else seed
     pol, _ = resolve_policy(policy, env, seed_)
@@ -248,6 +249,7 @@ def _run_episode(
     rows: list[dict[str, Any]] = []
     ret = 0.0
     success = bool(info.get("success", False))
+    reports_success = "success" in info  # envs without the notion get None, not a misleading 0%
     distances: list[float] = []
     terminated = truncated = False
     t = 0
@@ -263,6 +265,7 @@ def _run_episode(
             truncated = True
         ret += float(reward)
         success = success or bool(info.get("success", False))
+        reports_success = reports_success or "success" in info
         if "distance" in info:
             distances.append(float(info["distance"]))
         if record:
@@ -284,7 +287,7 @@ def _run_episode(
     stats = {
         "return": ret,
         "length": t,
-        "success": success,
+        "success": success if reports_success else None,
         "terminated": terminated,
         "truncated": truncated,
         "final_distance": distances[-1] if distances else None,
