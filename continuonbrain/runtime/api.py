@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -182,7 +183,7 @@ def create_app(
     def status() -> dict[str, Any]:
         """Model version, slots, gates with live values, training state, memory and temperature."""
         served = service.status()
-        info = store.describe()
+        info = store.describe(audit=1)
         return {
             "model_version": served["version"],
             "slots": {
@@ -190,7 +191,7 @@ def create_app(
                 "candidate": _brief(info["candidate"]),
                 "history": [_brief(m) for m in info["history"]],
             },
-            "audit": _audit_brief(store),
+            "audit_last": info["audit"][-1] if info["audit"] else None,
             "gates": gates(),
             "training": jobs.status(curves=False),
             "service": served,
@@ -229,8 +230,7 @@ def create_app(
     @app.get("/api/models")
     def models(audit: int = Query(default=50, ge=0, le=10_000)) -> dict[str, Any]:
         """Candidate, current and history with their metrics, and the newest audit records."""
-        info = store.describe()
-        info["audit"] = store.audit(last=audit) if audit else []
+        info = store.describe(audit=audit)
         served = service.status()
         info["serving"] = served["version"]
         info["refused"] = served["refused"]
@@ -438,14 +438,6 @@ def _brief(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in manifest.items() if k != "files"}
 
 
-def _audit_brief(store: PromotionStore) -> dict[str, Any]:
-    """How many decisions the audit log holds and the newest one: a page that watches this
-    notices a promotion or rejection made elsewhere (an adapt job, the CLI) without polling
-    the whole log."""
-    records = store.audit()
-    return {"count": len(records), "last": records[-1] if records else None}
-
-
 def _manifest_rlds_dir(store: PromotionStore) -> str | None:
     for slot in ("current", "candidate"):
         try:
@@ -467,8 +459,10 @@ def _gating_config(adapt_config: Path) -> GatingConfig:
     return GatingConfig(**{k: doc[k] for k in keys if k in doc}, require_new_episodes=False)
 
 
+@functools.cache
 def _shipped_configs() -> dict[str, list[str]]:
-    """The configs in ``continuonbrain/configs/`` by kind (sequential: has ``components``)."""
+    """The configs in ``continuonbrain/configs/`` by kind (sequential: has ``components``);
+    read once, since the package's files do not change while it runs."""
     out: dict[str, list[str]] = {"sequential": [], "adapt": []}
     for path in sorted(CONFIG_DIR.glob("*.json")):
         try:
@@ -483,8 +477,9 @@ def _config_by_name(name: str, kind: str) -> Path:
     """A shipped config by name: never a client-supplied path (no traversal)."""
     if name.endswith(".json"):
         name = name[:-5]
-    if name not in _shipped_configs()[kind]:
-        raise HTTPException(422, f"config: {name!r} is not a shipped {kind} config; one of {_shipped_configs()[kind]}")
+    shipped = _shipped_configs()[kind]
+    if name not in shipped:
+        raise HTTPException(422, f"config: {name!r} is not a shipped {kind} config; one of {shipped}")
     return CONFIG_DIR / f"{name}.json"
 
 

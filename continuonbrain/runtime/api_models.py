@@ -21,8 +21,6 @@ SESSION_ID_PATTERN = r"^[A-Za-z0-9._:@/+=-]{1,128}$"
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 CONFIG_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
-Number = float
-
 
 def _count_numbers(value: Any, depth: int = 0) -> int:
     """Numbers in a nested list, refusing deep nesting and non-numbers (why: bound the work)."""
@@ -40,7 +38,7 @@ class InferRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    observation: Annotated[list[Number], Field(min_length=1, max_length=MAX_OBS_NUMBERS)] | dict[str, Any] = Field(
+    observation: Annotated[list[float], Field(min_length=1, max_length=MAX_OBS_NUMBERS)] | dict[str, Any] = Field(
         description="a numeric vector, or a dict of named numeric arrays (state keys, camera images)"
     )
     session_id: Annotated[str, Field(pattern=SESSION_ID_PATTERN)] | None = Field(

@@ -44,7 +44,7 @@ class EpisodeCatalog:
         """One page of episodes (oldest first), the totals and the quarantine."""
         if self.rlds_dir is None:
             return {"rlds_dir": None, "total": 0, "ok": 0, "bad": 0, "episodes": [], "quarantine": []}
-        entries, _ = self._scan()
+        entries = self._scan()
         bad = sum(1 for e in entries if not e["valid"])
         return {
             "rlds_dir": str(self.rlds_dir),
@@ -119,14 +119,14 @@ class EpisodeCatalog:
             return ("error", str(exc))
         return tuple(sorted(marks))
 
-    def _scan(self) -> tuple[list[dict[str, Any]], Any]:
+    def _scan(self) -> list[dict[str, Any]]:
         fingerprint = self._fingerprint()
         with self._lock:
             if self._cache is not None and self._cache[0] == fingerprint:
-                return self._cache[1], fingerprint
+                return self._cache[1]
             entries = list(self._entries())
             self._cache = (fingerprint, entries)
-            return entries, fingerprint
+            return entries
 
     def _entries(self):
         assert self.rlds_dir is not None
@@ -135,18 +135,24 @@ class EpisodeCatalog:
             for result in results:
                 yield _entry(result, self.rlds_dir)
         except RLDSError as exc:  # the directory itself is unreadable
-            yield {
-                "key": str(self.rlds_dir),
-                "episode_id": None,
-                "valid": False,
-                "error": str(exc),
-                "field": exc.field,
-                "steps": 0,
-                "duration_s": None,
-                "tags": [],
-                "imagined": False,
-                "origin": None,
-            }
+            yield _bad_entry(str(self.rlds_dir), str(self.rlds_dir), exc)
+
+
+def _bad_entry(key: str, unit: str, err: RLDSError) -> dict[str, Any]:
+    """An episode (or a directory) that failed validation: the error, and the field it names."""
+    return {
+        "key": key,
+        "unit": unit,
+        "episode_id": err.episode,
+        "valid": False,
+        "error": str(err),
+        "field": err.field,
+        "steps": 0,
+        "duration_s": None,
+        "tags": [],
+        "imagined": False,
+        "origin": None,
+    }
 
 
 def _entry(result: Any, root: Path) -> dict[str, Any]:
@@ -155,20 +161,7 @@ def _entry(result: Any, root: Path) -> dict[str, Any]:
     except ValueError:
         unit = str(result.unit)
     if result.error is not None:
-        err: RLDSError = result.error
-        return {
-            "key": result.key,
-            "unit": unit,
-            "episode_id": err.episode,
-            "valid": False,
-            "error": str(err),
-            "field": err.field,
-            "steps": 0,
-            "duration_s": None,
-            "tags": [],
-            "imagined": False,
-            "origin": None,
-        }
+        return _bad_entry(result.key, unit, result.error)
     ep = result.episode
     meta = ep.metadata or {}
     tags = [str(t) for t in meta.get("tags") or []]

@@ -221,7 +221,7 @@ class JobManager:
                 state="running",
                 directory=str(directory),
                 config=str(config_path),
-                budgets={k: v for k, v in asdict(budgets).items()},
+                budgets=asdict(budgets),
                 command=command,
                 created=time.time(),
                 run_dir=str(run_dir) if kind == "sequential" else None,

@@ -20,7 +20,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,7 +48,7 @@ class _Sim:
     steps: int = 0
     reward: float = 0.0
     success: bool = False
-    lock: threading.Lock = None  # type: ignore[assignment]
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class LiveSims:
@@ -79,7 +79,7 @@ class LiveSims:
             self._expire(now)
             if sim_id is None or sim_id not in self._sims:
                 sim_id = secrets.token_hex(8)
-            sim = _Sim(sim_id, env_id, env, obs, now, lock=threading.Lock())
+            sim = _Sim(sim_id, env_id, env, obs, now)
             self._sims[sim_id] = sim
             self._sims.move_to_end(sim_id)
             while len(self._sims) > self.max_sims:
@@ -91,8 +91,6 @@ class LiveSims:
         sim = self._get(sim_id)
         with sim.lock:
             if target is not None:
-                if not isinstance(sim.env, Reach2DEnv):
-                    raise ValueError(f"the target of {sim.env_id} moves by itself; it cannot be placed")
                 self._move(sim.env, target)
                 sim.success = False
             obs, reward, terminated, _, info = sim.env.step(action)
@@ -128,7 +126,7 @@ class LiveSims:
     @staticmethod
     def _move(env: TwoLinkArmEnv, target: tuple[float, float]) -> np.ndarray:
         if not isinstance(env, Reach2DEnv):
-            raise ValueError("only reach2d targets can be placed")
+            raise ValueError("only reach2d targets can be placed (track2d's target moves by itself)")
         env.move_target(*target)
         return env._obs()
 

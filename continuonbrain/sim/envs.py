@@ -306,18 +306,8 @@ class Track2DEnv(TwoLinkArmEnv):
     ``max_steps`` (200 = 4 s) and never terminate. ``info["success"]`` is always false.
     """
 
-    def __init__(
-        self,
-        max_steps: int = 200,
-        gain: float = 1.0,
-        target_shift: float = 0.0,
-        max_speed: float = MAX_SPEED,
-        tau: float = TAU,
-        render_mode: str | None = None,
-    ) -> None:
-        super().__init__(max_steps, gain, target_shift, max_speed, tau, render_mode)
-        # (r0, ar, wr, phr, th0, a1, w1, p1, a2, w2, p2): drawn at reset.
-        self._path: tuple[float, ...] = (0.6, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    #: (r0, ar, wr, phr, th0, a1, w1, p1, a2, w2, p2), drawn at reset (a tuple: replaced, never mutated).
+    _path: tuple[float, ...] = (0.6, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
     def _reset_target(self, rng: np.random.Generator) -> None:
         def wave(amp: tuple[float, float], hz: tuple[float, float]) -> tuple[float, float, float]:

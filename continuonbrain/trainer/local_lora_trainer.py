@@ -76,7 +76,6 @@ from continuonbrain.trainer.lora_hooks import (
 from continuonbrain.trainer.lora_result import (
     LOG_PREFIX,
     STATUS_FILE,
-    RunLog,
     TrainerResult,
     json_default,
     rotate_logs,
@@ -169,7 +168,7 @@ class _Run:
         self.started = time.monotonic()
         self.log_dir = Path(cfg.log_dir)
         self.result = TrainerResult(status="error", stub=hooks.is_stub)
-        self.runlog: RunLog | None = None
+        self.runlog: EventFile | None = None
 
     # -- driver
 
@@ -201,7 +200,7 @@ class _Run:
         """A log file per run that got past the gates. Skips only update ``status.json``: a
         robot that is busy all afternoon must not rotate the last real run's log away."""
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        self.runlog = RunLog(self.log_dir / f"{LOG_PREFIX}{stamp}.jsonl")
+        self.runlog = EventFile(self.log_dir / f"{LOG_PREFIX}{stamp}.jsonl")
         self.result.log_path = str(self.runlog.path)
         self.event({"event": "start", "config": self.cfg.to_dict(), "stub": self.hooks.is_stub})
         if self.result.gating is not None:

@@ -10,16 +10,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from continuonbrain.trainer.metrics import json_default
+
 __all__ = [
     "LOG_PREFIX",
     "STATUS_FILE",
-    "RunLog",
     "TrainerResult",
     "json_default",
     "rotate_logs",
@@ -80,20 +80,6 @@ class TrainerResult:
         return dataclasses.asdict(self)
 
 
-class RunLog:
-    """One JSONL file per run, line-buffered so a killed run keeps what it logged."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._file = path.open("a", buffering=1)
-
-    def __call__(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps({"time": round(time.time(), 3), **record}, default=json_default) + "\n")
-
-    def close(self) -> None:
-        self._file.close()
-
-
 def write_status(res: TrainerResult, log_dir: Path, model_root: Path) -> Path:
     """Write ``status.json`` in ``log_dir``: the run's result and the store's versions.
     Returns its path; raises :class:`OSError` when it cannot be written."""
@@ -147,11 +133,3 @@ def rotate_logs(log_dir: Path, keep: int) -> None:
     logs = sorted(log_dir.glob(f"{LOG_PREFIX}*.jsonl"), key=lambda p: p.name, reverse=True)
     for stale in logs[keep:]:
         stale.unlink(missing_ok=True)
-
-
-def json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)

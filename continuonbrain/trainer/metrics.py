@@ -38,7 +38,7 @@ class MetricsLogger:
 
     def log(self, record: dict[str, Any]) -> None:
         record = {"time": round(time.time(), 3), **record}
-        self._file.write(json.dumps(record, default=_json_default) + "\n")
+        self._file.write(json.dumps(record, default=json_default) + "\n")
         if self._tb is not None and "step" in record and "component" in record:
             for key, value in record.items():
                 if isinstance(value, int | float) and not isinstance(value, bool) and key not in ("step", "time"):
@@ -75,7 +75,7 @@ class EventFile:
 
     def __call__(self, record: dict[str, Any]) -> None:
         if self._file is not None:
-            self._file.write(json.dumps({"time": round(time.time(), 3), **record}, default=_json_default) + "\n")
+            self._file.write(json.dumps({"time": round(time.time(), 3), **record}, default=json_default) + "\n")
 
     def close(self) -> None:
         if self._file is not None:
@@ -89,9 +89,11 @@ class EventFile:
         self.close()
 
 
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for the trainers' logs: numpy/torch scalars and arrays
+    become plain numbers and lists (``tolist`` covers both), anything else its ``str``."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
     return str(value)
 
 
@@ -134,6 +136,6 @@ def component_summary(records: list[dict[str, Any]], component: str) -> dict[str
 def write_summary(run_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:
     path = Path(run_dir) / "summary.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    tmp.write_text(json.dumps(summary, indent=2, default=json_default) + "\n")
     os.replace(tmp, path)
     return path

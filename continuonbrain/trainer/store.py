@@ -197,13 +197,14 @@ class PromotionStore(ModelStore):
                 continue  # a line torn by a power cut
         return lines[-last:] if last else lines
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, audit: int = 50) -> dict[str, Any]:
+        """Slots, history and the newest ``audit`` decisions (0: none, without reading the log)."""
         return {
             "model_root": str(self.root),
             "candidate": self.manifest("candidate"),
             "current": self.manifest("current") if self.slot("current").exists() else None,
             "history": self.history(),
-            "audit": self.audit(last=50),
+            "audit": self.audit(last=audit) if audit else [],
         }
 
     # -- writing
