@@ -125,14 +125,19 @@ def _scan(path: Path, split: str | None, options: dict) -> Iterator[EpisodeResul
         else:
             raise RLDSError("not an RLDS file (expected .json, .jsonl or a TFRecord shard)", file=str(path))
         return
-    if continuon.is_episode_dir(path):
+    try:
+        layout = dir_layout(path)
+    except RLDSError as err:  # one ambiguous directory must not hide the episodes beside it
+        yield EpisodeResult(key=path.name, unit=path, error=err, movable=False)
+        return
+    if layout == "continuon":
         yield continuon.scan_episode_dir(path, **_pick(options, continuon.OPTIONS))
         return
-    if tfds.is_tfds_dir(path):
+    if layout == "tfds":
         yield from tfds.scan_tfds_dir(path, split=split, **_pick(options, tfds.TFRECORD_OPTIONS))
         return
     children = _children(path)
-    versions = [c for c in children if c.is_dir() and tfds.is_tfds_dir(c)]
+    versions = [c for c in children if c.is_dir() and _is_tfds_version(c)]
     if len(versions) > 1:
         # A TFDS dataset/config dir with several versions: the newest one is the dataset.
         newest = max(versions, key=lambda p: tfds.version_key(p.name))
@@ -140,6 +145,40 @@ def _scan(path: Path, split: str | None, options: dict) -> Iterator[EpisodeResul
     for child in children:
         if child.is_dir() or _looks_like_episode_file(child):
             yield from _scan(child, split, options)
+
+
+def dir_layout(path: Path) -> Literal["continuon", "tfds"] | None:
+    """Which layout the directory ``path`` itself is, or ``None`` for a plain folder.
+
+    TFDS's own builders write a ``metadata.json`` into the version directory when the builder
+    has ``metadata`` (``tfds.core.MetadataDict``), which also marks a Continuon episode
+    directory. ``dataset_info.json`` *and* ``features.json`` are what only TFDS writes, so
+    they win; a directory with one TFDS marker and shards that also looks like a Continuon
+    episode is ambiguous, and reading it either way could silently misread it, so that is an
+    error naming both layouts.
+    """
+    from continuonbrain.rlds import continuon, tfds
+
+    if (path / "dataset_info.json").is_file() and (path / "features.json").is_file():
+        return "tfds"
+    is_tfds, is_continuon = tfds.is_tfds_dir(path), continuon.is_episode_dir(path)
+    if is_tfds and is_continuon:
+        raise RLDSError(
+            "directory matches two layouts: a TFDS version directory (TFDS marker file and "
+            "shards) and a Continuon episode directory (metadata.json or steps/); a TFDS "
+            "directory needs both dataset_info.json and features.json",
+            file=str(path),
+        )
+    if is_tfds:
+        return "tfds"
+    return "continuon" if is_continuon else None
+
+
+def _is_tfds_version(path: Path) -> bool:
+    try:
+        return dir_layout(path) == "tfds"
+    except RLDSError:
+        return False
 
 
 def _children(path: Path) -> list[Path]:
