@@ -69,12 +69,16 @@ def cmd_rlds_info(args: argparse.Namespace) -> int:
 def cmd_rlds_convert(args: argparse.Namespace) -> int:
     from continuonbrain.rlds.writer import convert
 
-    report = convert(args.src, args.dst, args.format, for_upload=args.for_upload)
+    report = convert(args.src, args.dst, args.format, for_upload=args.for_upload, overwrite=args.overwrite)
     for e in report["errors"]:
         print(f"skipped bad episode: {e}", file=sys.stderr)
     for item in report["not_upload_ready"]:
         print(f"skipped, not upload-ready: {item['episode']}: {'; '.join(item['problems'])}", file=sys.stderr)
-    print(f"wrote {report['written']} episodes ({report['steps']} steps) to {args.dst} as {args.format}")
+    for item in report["kept_both"]:
+        print(f"kept both: {item['existing']} already existed, wrote {item['written']}", file=sys.stderr)
+    for item in report["replaced"]:
+        print(f"replaced (--overwrite): {item}", file=sys.stderr)
+    print(f"wrote {report['summary']} ({report['steps']} steps) to {args.dst} as {args.format}")
     return 1 if report["errors"] else 0
 
 
@@ -343,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--format", choices=["continuon", "tfds"], required=True)
     p.add_argument("--for-upload", action="store_true", help="only upload-ready episodes, owner block stripped")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace episode directories / TFDS splits already in DST (default: keep both / refuse)",
+    )
     p.set_defaults(func=cmd_rlds_convert)
 
     p = rlds.add_parser("schema", help="print the episode JSON Schema")

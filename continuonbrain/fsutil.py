@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from pathlib import Path
 
 
@@ -32,3 +33,53 @@ def fsync_dir(path: Path) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# --- permissions ----------------------------------------------------------------------------
+#
+# One rule for everything the project writes: a file or directory gets the mode a plain
+# ``open()`` / ``mkdir()`` would give it under the process umask (typically 0644 / 0755), so
+# episodes, shards, weights and manifests are shared or private exactly as the robot's owner
+# set the umask. ``tempfile.mkstemp``/``mkdtemp`` would make them 0600/0700 instead, and the
+# rename into place would keep that, so temporary names are created here. Secrets are the one
+# exception and ask for their mode explicitly (the API token file is 0600).
+
+
+def temp_file(final: Path) -> Path:
+    """Create an empty, uniquely named hidden file beside ``final`` (mode 0666 minus the umask)."""
+    while True:
+        tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+
+
+def temp_dir(final: Path) -> Path:
+    """Create an empty, uniquely named hidden directory beside ``final`` (0777 minus the umask)."""
+    while True:
+        tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.mkdir(tmp, 0o777)
+        except FileExistsError:
+            continue
+        return tmp
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a
+    part, and the new one survives a power cut once this returns."""
+    path = Path(path)
+    tmp = temp_file(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)

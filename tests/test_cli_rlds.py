@@ -60,7 +60,8 @@ def test_convert_round_trip_through_tfds(episodes_dir: Path, tmp_path: Path) -> 
     a = json.loads(run("rlds", "info", str(episodes_dir), "--json").stdout)
     b = json.loads(run("rlds", "info", str(tmp_path / "back"), "--json").stdout)
     assert (a["episodes"], a["steps"], a["observation"]) == (b["episodes"], b["steps"], b["observation"])
-    assert sorted(p.name for p in (tmp_path / "back").iterdir()) == ["ep0", "ep1", "ep2"]
+    # TFDS put them in its "train" split, and the split is kept: back/train/<episode>/.
+    assert sorted(p.name for p in (tmp_path / "back" / "train").iterdir()) == ["ep0", "ep1", "ep2"]
 
 
 def test_schema_prints_json_schema() -> None:

@@ -107,7 +107,7 @@ def test_collection_is_deterministic_and_seeds_do_not_overlap():
 
 def test_dart_noise_changes_executed_but_not_recorded_actions():
     ep = next(collect_episodes("reach2d", 1, seed=3, dart_sigma=0.3))
-    executed = np.array([json.loads(m["executed_action"]) for m in ep.step_metadata], np.float32)
+    executed = np.array([m["executed_action"] for m in ep.step_metadata], np.float32)
     # Recorded: exactly what the clean expert says for the states visited.
     np.testing.assert_array_equal(ep.action, replay_expert(ep))
     # Executed: noisy, within bounds, and really what drove the env.

@@ -96,7 +96,7 @@ def test_version_key() -> None:
 # --- write_tfds -> read_episodes ----------------------------------------------------------
 
 
-def assert_same(got: Episode, want: Episode) -> None:
+def assert_same(got: Episode, want: Episode, split: str | None = "train") -> None:
     for name in ("observation", "action"):
         g, w = getattr(got, name), getattr(want, name)
         if isinstance(w, dict):
@@ -117,7 +117,8 @@ def assert_same(got: Episode, want: Episode) -> None:
         assert got.timestamp.dtype == np.float64 and np.array_equal(got.timestamp, want.timestamp)
     assert got.language_instruction == want.language_instruction
     assert got.step_metadata == want.step_metadata
-    assert got.metadata == want.metadata
+    # Reading a dataset records the split an episode came from (write_tfds's default is "train").
+    assert got.metadata == ({"split": split, **want.metadata} if split else want.metadata)
 
 
 def rich_episode(n: int, episode_id: str) -> Episode:
@@ -223,8 +224,13 @@ def test_splits_and_config(tmp_path: Path) -> None:
     assert [e.episode_id for e in read_episodes(tmp_path, split="test")] == ["b", "c"]
     with pytest.raises(RLDSError, match="split 'val' not found"):
         list(tfds.scan_tfds_dir(root, split="val"))
-    # Rewriting a split replaces its shards and keeps the other split.
-    tfds.write_tfds([make_episode(episode_id="d")], tmp_path, split="test", config="sim")
+    # A split that is already there is never replaced silently: refused before anything is written ...
+    with pytest.raises(RLDSError, match="split 'test' already exists"):
+        tfds.write_tfds([make_episode(episode_id="d")], tmp_path, split="test", config="sim")
+    assert ids("test") == ["b", "c"] and not list(root.glob(".*"))
+    # ... and replaced only when asked, which the result says; the other split is kept.
+    written = tfds.write_tfds([make_episode(episode_id="d")], tmp_path, split="test", config="sim", overwrite=True)
+    assert written.replaced == ["test"] and dict(written.episodes) == {"test": 1}
     assert ids("test") == ["d"] and ids("train") == ["a"]
 
 
@@ -325,6 +331,7 @@ def test_features_json_drives_decoding(tmp_path: Path) -> None:
     assert ep.is_first.tolist() == [True, False, False, False] and ep.is_last[-1] and ep.reward[-1] == 1.0
     assert ep.language_instruction == ["open the drawer"] * 4  # from observation/natural_language_instruction
     assert ep.metadata == {
+        "split": "train",  # the split it was read from
         "file_path": "/data/ep.h5",
         "episode_id": "7",  # the schema wants a string
         "success": True,
@@ -479,7 +486,7 @@ def test_our_shard_alone_decodes_exactly_without_features_json(tmp_path: Path) -
     alone.write_bytes(shard.read_bytes())
     got = [r.episode for r in scan_episodes(alone)]
     for g, w in zip(got, episodes, strict=True):
-        assert_same(g, w)
+        assert_same(g, w, split=None)  # a lone shard is in no dataset, so in no split
 
 
 def test_absurdly_nested_json_is_an_rlds_error(tmp_path: Path) -> None:

@@ -24,9 +24,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,13 @@ from typing import Any
 import numpy as np
 import orjson
 
+from continuonbrain.fsutil import fsync_dir, temp_dir
 from continuonbrain.rlds.episode import Episode, ImageColumn, LazyImage, has_none
 from continuonbrain.rlds.errors import RLDSError
 from continuonbrain.rlds.reader import EpisodeResult
+from continuonbrain.rlds.written import WrittenEpisodes
+
+log = logging.getLogger(__name__)
 
 #: Options the dispatcher passes through to these readers.
 OPTIONS = ("observation_key", "action_key")
@@ -260,35 +264,69 @@ def _resolve_images(obs: Mapping[str, Any], base: Path, i: int, prefix: str) -> 
 # --- writing -----------------------------------------------------------------------------
 
 
-def write_continuon(episodes: Iterable[Episode], out: Path, steps_per_chunk: int = 0) -> list[Path]:
-    """Write each episode as ``<out>/<episode_id>/`` in the Continuon v1.1 layout.
+def write_continuon(
+    episodes: Iterable[Episode], out: Path, steps_per_chunk: int = 0, *, overwrite: bool = False
+) -> WrittenEpisodes:
+    """Write each episode as ``<out>/[<split>/]<episode_id>/`` in the Continuon v1.1 layout.
 
-    Each episode directory is written under a temporary name and renamed into place, so a
-    crash never leaves a half-written episode that looks complete. Images are written as
-    blob files under ``blobs/``. ``steps_per_chunk`` > 0 splits long episodes into several
+    An episode with a ``split`` in its metadata (every episode read from a TFDS dataset has
+    one) goes under ``<out>/<split>/``, so ids that restart in every split (as TFDS builders
+    number them) stay apart and the split survives a round trip. Each episode directory is
+    written under a temporary name and renamed into place, so a crash never leaves a
+    half-written episode that looks complete. Images are written as blob files under
+    ``blobs/``. ``steps_per_chunk`` > 0 splits long episodes into several
     ``steps/NNNNNN.jsonl`` chunks. An episode that fails :func:`check_episode` raises
     :class:`RLDSError` before anything of it is written.
+
+    An existing episode directory is never replaced silently: the new episode is written
+    beside it as ``<name>-1`` (``-2``, ...), logged, and listed in ``kept_both``; with
+    ``overwrite=True`` an episode directory that existed *before this call* is replaced (and
+    listed in ``replaced``), while two episodes of this call with one name are still both kept.
     """
     from continuonbrain.rlds.validate import check_episode
 
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written = WrittenEpisodes()
     for n, ep in enumerate(episodes):
         # JSON has no NaN: orjson would silently write null. Refuse bad episodes instead.
         check_episode(ep)
         eid = _safe_name(ep.metadata.get("episode_id") or f"episode_{n:06d}")
-        final = out / eid
-        tmp = Path(tempfile.mkdtemp(prefix=f".{eid}.", dir=out))
+        split = ep.metadata.get("split")
+        parent = out / _safe_name(split) if split else out
+        parent.mkdir(exist_ok=True)
+        tmp = temp_dir(parent / eid)
         try:
             _write_episode_dir(ep, tmp, eid, steps_per_chunk)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            final = _place(tmp, parent / eid, overwrite, written)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        fsync_dir(parent)
         written.append(final)
+        written.episodes[str(split or "")] += 1
     return written
+
+
+def _place(tmp: Path, final: Path, overwrite: bool, written: WrittenEpisodes) -> Path:
+    """Rename ``tmp`` to ``final``, or beside it when that name is taken (see write_continuon)."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return final
+    if overwrite and final not in written:
+        old = temp_dir(final)
+        os.replace(final, old / final.name)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+        log.warning("replaced episode directory %s (overwrite)", final)
+        written.replaced.append(str(final))
+        return final
+    k = 1
+    while (beside := final.with_name(f"{final.name}-{k}")).exists():
+        k += 1
+    os.replace(tmp, beside)
+    log.warning("episode directory %s already exists: kept it and wrote the new episode to %s", final, beside)
+    written.kept_both.append((final, beside))
+    return beside
 
 
 def _safe_name(name: object) -> str:

@@ -38,9 +38,14 @@ class LazyImage:
     Episodes with camera streams are mostly image bytes; decoding them all on read would
     multiply memory by ~10 and waste time for consumers (validation of vector fields,
     ``rlds info``, conversion) that never need pixels.
+
+    It behaves as the ``uint8 [H, W, C]`` array it stands for: ``np.asarray(img)`` decodes it
+    (``__array__``), and ``shape``/``dtype``/``ndim`` come from the image header without
+    decoding the pixels. Decoded pixels are not kept: holding them would undo the point of
+    being lazy (an episode of 1,000 VGA frames is 900 MB decoded); keep the array you got.
     """
 
-    __slots__ = ("_data", "_path", "format")
+    __slots__ = ("_data", "_header", "_path", "format")
 
     def __init__(self, data: bytes | None = None, path: str | Path | None = None, format: str | None = None):
         if data is None and path is None:
@@ -48,6 +53,7 @@ class LazyImage:
         self._data = data
         self._path = Path(path) if path is not None else None
         self.format = format or (self._path.suffix.lstrip(".").lower() if self._path else None)
+        self._header: tuple[tuple[int, ...], np.dtype] | None = None
 
     @property
     def path(self) -> Path | None:
@@ -78,6 +84,41 @@ class LazyImage:
             arr = arr[:, :, None]
         return arr
 
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        arr = self.decode()
+        return arr if dtype is None else arr.astype(dtype, copy=False)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(H, W, C)`` of the decoded pixels, read from the header."""
+        return self._read_header()[0]
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype :meth:`decode` gives (``uint8`` for 8-bit images)."""
+        return self._read_header()[1]
+
+    @property
+    def ndim(self) -> int:
+        return 3
+
+    def _read_header(self) -> tuple[tuple[int, ...], np.dtype]:
+        if self._header is None:
+            from PIL import Image, UnidentifiedImageError
+
+            try:
+                with Image.open(io.BytesIO(self.encoded())) as img:
+                    mode, (w, h) = img.mode, img.size
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+                raise RLDSError(f"image does not decode ({type(exc).__name__}: {exc})") from None
+            known = _MODE_LAYOUT.get(mode)
+            if known is None:  # a rare mode: let the decoder say what it gives
+                arr = self.decode()
+                self._header = (arr.shape, arr.dtype)
+            else:
+                self._header = ((h, w, known[0]), np.dtype(known[1]))
+        return self._header
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LazyImage) and self.encoded() == other.encoded()
 
@@ -87,6 +128,20 @@ class LazyImage:
     def __repr__(self) -> str:
         where = str(self._path) if self._path else f"{len(self._data or b'')} bytes"
         return f"LazyImage({where})"
+
+
+#: PIL mode -> (channels, dtype) of ``np.asarray(image)`` as :meth:`LazyImage.decode` shapes it.
+_MODE_LAYOUT: dict[str, tuple[int, str]] = {
+    "1": (1, "bool"),
+    "L": (1, "uint8"),
+    "P": (1, "uint8"),
+    "LA": (2, "uint8"),
+    "RGB": (3, "uint8"),
+    "RGBA": (4, "uint8"),
+    "I;16": (1, "uint16"),
+    "I": (1, "int32"),
+    "F": (1, "float32"),
+}
 
 
 class ImageColumn(Sequence):
@@ -106,6 +161,10 @@ class ImageColumn(Sequence):
     def decode(self) -> np.ndarray:
         """All frames as ``uint8 [T, H, W, C]``."""
         return np.stack([img.decode() for img in self.images]) if self.images else np.zeros((0, 0, 0, 0), np.uint8)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        arr = self.decode()
+        return arr if dtype is None else arr.astype(dtype, copy=False)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ImageColumn) and self.images == other.images
@@ -166,7 +225,7 @@ class Step:
     is_last: bool
     is_terminal: bool
     language_instruction: str | None = None
-    step_metadata: Mapping[str, str] = field(default_factory=dict)
+    step_metadata: Mapping[str, StepMetaValue] = field(default_factory=dict)
     timestamp: float | None = None
 
 
@@ -222,7 +281,7 @@ class Episode:
     is_terminal: np.ndarray
     metadata: dict = field(default_factory=dict)
     language_instruction: list[str | None] | None = None
-    step_metadata: list[dict[str, str]] | None = None
+    step_metadata: list[dict[str, StepMetaValue]] | None = None
     timestamp: np.ndarray | None = None
     source: str | None = None
     #: Per-step columns ``[T, ...]`` that a model derived from this episode (the Mid loop's
@@ -349,7 +408,7 @@ class Episode:
             is_terminal=_bool_column(cols.get("is_terminal", none), "is_terminal", is_last),
             metadata=meta,
             language_instruction=None if all_none(lang) else lang,
-            step_metadata=_string_maps(cols.get("step_metadata", none)),
+            step_metadata=step_metadata_maps(cols.get("step_metadata", none)),
             timestamp=_timestamp_column(timestamps if timestamps is not None else cols.get("timestamp", none)),
             source=source,
         )
@@ -413,8 +472,19 @@ def _bool_column(values: list[Any], name: str, default: np.ndarray) -> np.ndarra
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _string_maps(values: list[Any]) -> list[dict[str, str]] | None:
-    """``step_metadata`` is a string map; scalar values are kept as their text."""
+#: A ``step_metadata`` value: text, a JSON scalar, or a numeric vector (e.g. the action a DART
+#: collector really executed), kept as written rather than flattened to text.
+StepMetaValue = str | bool | int | float | list[float]
+
+
+def step_metadata_maps(values: Sequence[Any]) -> list[dict[str, StepMetaValue]] | None:
+    """Check per-step ``step_metadata`` maps; ``None`` when every step has none.
+
+    Keys become text; values must be text, booleans, finite numbers or flat lists of finite
+    numbers (lists come back as ``float`` lists). Anything else (nested objects, NaN) is an
+    error naming the step and key, because JSON could not keep it and TFDS's text column
+    would silently change it.
+    """
     if not any(values):  # all None or empty (C-level truthiness; values are dicts or None)
         return None
     out = []
@@ -422,19 +492,27 @@ def _string_maps(values: list[Any]) -> list[dict[str, str]] | None:
         if m is None:
             m = {}
         if not isinstance(m, Mapping):
-            raise RLDSError(f"must be a string map, got {type(m).__name__}", step=i, field="step_metadata")
-        for k, v in m.items():
-            if not isinstance(v, str | int | float | bool):
-                raise RLDSError(f"value must be a string, got {type(v).__name__}", step=i, field=f"step_metadata.{k}")
-        out.append({str(k): v if isinstance(v, str) else json_scalar(v) for k, v in m.items()})
+            raise RLDSError(
+                f"must be a string map of named values, got {type(m).__name__}", step=i, field="step_metadata"
+            )
+        out.append({str(k): _step_meta_value(v, i, f"step_metadata.{k}") for k, v in m.items()})
     return out
 
 
-def json_scalar(value: Any) -> str:
-    """Text of a scalar as JSON writes it (``true``, ``3``, ``0.5``)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+def _step_meta_value(value: Any, step: int, name: str) -> StepMetaValue:
+    if isinstance(value, str | bool):
+        return value
+    if isinstance(value, int | float) and math.isfinite(value):
+        return value
+    if isinstance(value, list | tuple):
+        if all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+            return [float(v) for v in value]
+        raise RLDSError("a list value must hold finite numbers only", step=step, field=name)
+    raise RLDSError(
+        f"value must be text, a boolean, a finite number or a list of numbers, got {type(value).__name__}",
+        step=step,
+        field=name,
+    )
 
 
 def _timestamp_column(values: list[Any]) -> np.ndarray | None:

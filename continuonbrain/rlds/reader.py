@@ -94,6 +94,8 @@ def scan_episodes(
     if not root.exists():
         raise RLDSError("path does not exist", file=str(root))
     for result in _scan(root, split, options):
+        if split is not None and result.episode is not None and result.episode.metadata.get("split") != split:
+            continue  # TFDS filters by shard; the other layouts by the split their metadata records
         if validate and result.episode is not None:
             try:
                 check_episode(result.episode)

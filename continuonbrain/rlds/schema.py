@@ -84,6 +84,11 @@ class EpisodeMetadata(BaseModel):
     xr_mode: str | None = Field(None, description="'none', 'passthrough', 'vr', ...")
     control_role: str | None = Field(None, description="'teleop', 'expert', 'policy', 'random', ...")
     environment_id: str | None = None
+    split: str | None = Field(
+        None,
+        description="Dataset split ('train', 'test', ...). Set from the TFDS split an episode was read from; "
+        "converting keeps it (Continuon: <out>/<split>/<episode>/, TFDS: the split's shards).",
+    )
     tags: list[str] = Field(default_factory=list)
     software: Software | None = None
     capabilities: dict[str, Any] = Field(default_factory=dict)
@@ -113,7 +118,9 @@ class StepRecord(BaseModel):
     is_last: bool | None = Field(None, description="Inferred from position when absent.")
     is_terminal: bool | None = Field(None, description="Defaults to is_last.")
     language_instruction: str | None = None
-    step_metadata: dict[str, str | Number | bool] = Field(default_factory=dict)
+    step_metadata: dict[str, str | Number | bool | list[Number]] = Field(
+        default_factory=dict, description="Named per-step values: text, scalars or numeric vectors."
+    )
     timestamp: Number | None = Field(None, description="Seconds; must not go backwards.")
     timestamp_s: Number | None = None
     timestamp_ns: int | None = None

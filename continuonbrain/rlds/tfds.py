@@ -243,13 +243,17 @@ def scan_tfds_dir(path: Path, split: str | None = None, **options: Any) -> Itera
         if split not in shards:
             raise RLDSError(f"split {split!r} not found (splits: {sorted(shards)})", file=str(path))
         shards = {split: shards[split]}
-    for files in shards.values():
+    for split_name, files in shards.items():
         for shard in files:
             if not shard.is_file():
                 err = RLDSError("shard listed in dataset_info.json is missing", file=str(shard))
                 yield EpisodeResult(key=shard.name, unit=shard, error=err, movable=False)
                 continue
-            yield from scan_tfrecord_file(shard, features=spec, **options)
+            for result in scan_tfrecord_file(shard, features=spec, **options):
+                if result.episode is not None and split_name:
+                    # The split is part of where an episode belongs: convert keeps it by this.
+                    result.episode.metadata["split"] = split_name
+                yield result
 
 
 def shard_files(path: Path) -> dict[str, list[Path]]:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from continuonbrain.rlds.episode import Episode, ImageColumn, LazyImage
+from continuonbrain.rlds.episode import Episode, ImageColumn, LazyImage, StepMetaValue, step_metadata_maps
 from continuonbrain.rlds.errors import RLDSError
 from continuonbrain.rlds.example_proto import FeatureValue
 from continuonbrain.rlds.tfds_features import (
@@ -310,7 +310,7 @@ def _timestamp(col: Column | None) -> np.ndarray | None:
     return None if np.isnan(arr).all() else arr
 
 
-def _step_metadata(col: Column | None) -> list[dict[str, str]] | None:
+def _step_metadata(col: Column | None) -> list[dict[str, StepMetaValue]] | None:
     if col is None:
         return None
     if not isinstance(col, list):
@@ -325,9 +325,9 @@ def _step_metadata(col: Column | None) -> list[dict[str, str]] | None:
         except (ValueError, RecursionError):
             raise RLDSError("is not valid JSON", step=i, field="steps/step_metadata") from None
         if not isinstance(value, dict):
-            raise RLDSError("must be a JSON object (a string map)", step=i, field="steps/step_metadata")
-        out.append({str(k): str(v) for k, v in value.items()})
-    return out if any(out) else None
+            raise RLDSError("must be a JSON object (a map of named values)", step=i, field="steps/step_metadata")
+        out.append(value)
+    return step_metadata_maps(out)
 
 
 # --- decoding records into episodes -------------------------------------------------------

@@ -26,7 +26,9 @@ same reason as ``timestamp``; every other numeric dtype is exact in
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +36,15 @@ from typing import Any
 
 import numpy as np
 
+from continuonbrain.fsutil import atomic_write_bytes, fsync_dir
 from continuonbrain.rlds.episode import Episode, ImageColumn
 from continuonbrain.rlds.errors import RLDSError
 from continuonbrain.rlds.example_proto import build_example
 from continuonbrain.rlds.tfds_features import EPISODE_ID_KEY, METADATA_JSON_KEY, _image_format, _set_nested
 from continuonbrain.rlds.tfrecord import TFRecordWriter
+from continuonbrain.rlds.written import WrittenEpisodes
+
+log = logging.getLogger(__name__)
 
 #: The shard file name template (TFDS's default); also the fallback of :func:`tfds.shard_files`.
 DEFAULT_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
@@ -275,17 +281,23 @@ def write_tfds(
     split: str = "train",
     episodes_per_shard: int = 256,
     config: str | None = None,
-) -> list[Path]:
+    overwrite: bool = False,
+) -> WrittenEpisodes:
     """Write ``episodes`` as a TFDS RLDS dataset that ``tfds.builder_from_directory`` loads.
 
-    Goes to ``<data_dir>/<name>/[<config>/]<version>/``. Episodes are streamed (one in
-    memory at a time) into hidden partial shards, which are renamed to
-    ``<name>-<split>.tfrecord-NNNNN-of-MMMMM`` once the shard count is known; the JSON files
-    are written last, so an interrupted write never looks like a complete dataset. Other
-    splits already in the directory are kept (their schema must match); shards of ``split``
-    are replaced. Every episode is checked first (:func:`check_episode`). Returns the shard
-    paths followed by ``features.json`` and ``dataset_info.json``; nothing is written for an
-    empty ``episodes``.
+    Goes to ``<data_dir>/<name>/[<config>/]<version>/``. Each episode goes to the split its
+    metadata names (``metadata["split"]``, which every episode read from TFDS carries), or to
+    ``split`` when it names none, so one streaming pass writes a multi-split dataset. Episodes
+    are streamed (one in memory at a time) into hidden partial shards, which are renamed to
+    ``<name>-<split>.tfrecord-NNNNN-of-MMMMM`` once each split's shard count is known; the
+    JSON files are written last, so an interrupted write never looks like a complete dataset.
+
+    Splits already in the directory that this call does not write are kept (their schema must
+    match). A split that is already there is never replaced silently: that is an error before
+    anything of it is written, unless ``overwrite=True``, which replaces its shards and lists
+    it in ``replaced``. Every episode is checked first (:func:`check_episode`). Returns the
+    shard paths followed by ``features.json`` and ``dataset_info.json`` (nothing is written
+    for an empty ``episodes``), with the episodes written per split.
     """
     from continuonbrain.rlds.validate import check_episode
 
@@ -293,53 +305,83 @@ def write_tfds(
         raise ValueError("episodes_per_shard must be >= 1")
     out = Path(data_dir) / name / config / version if config else Path(data_dir) / name / version
     out.mkdir(parents=True, exist_ok=True)
+    existing = {s.get("name") for s in _read_existing_info(out).get("splits", []) if isinstance(s, dict)}
     schema: _Schema | None = None
-    partials: list[Path] = []
-    lengths: list[int] = []
-    writer: TFRecordWriter | None = None
+    splits: dict[str, _SplitShards] = {}
     try:
         for number, ep in enumerate(episodes):
+            target = str(ep.metadata.get("split") or split)
             try:
+                if not _SPLIT_NAME.fullmatch(target):
+                    raise RLDSError(
+                        f"split name {target!r} is not a TFDS split name (letters, digits, '_')", field="split"
+                    )
+                if target not in splits and target in existing and not overwrite:
+                    raise RLDSError(
+                        f"split {target!r} already exists in {out}; write to another directory, or "
+                        "overwrite it explicitly (overwrite=True, --overwrite)",
+                        field="split",
+                    )
                 check_episode(ep)
                 if schema is None:
                     schema = _Schema(ep)
                 payload = schema.encode(ep, number)
             except RLDSError as err:
                 raise err.at(file=ep.source, episode=ep.metadata.get("episode_id") or f"#{number}") from None
-            if writer is None or writer.count >= episodes_per_shard:
-                if writer is not None:
-                    writer.close()
-                    lengths.append(writer.count)
-                partials.append(out / f".{name}-{split}.tfrecord-{len(partials):05d}.partial")
-                writer = TFRecordWriter(partials[-1])
-            writer.write(payload)
-        if writer is not None:
-            writer.close()
-            lengths.append(writer.count)
-            writer = None
+            if target not in splits:
+                splits[target] = _SplitShards(out, f"{name}-{target}", episodes_per_shard)
+            splits[target].write(payload)
         if schema is None:
-            return []
-        return _finish_dataset(out, name, version, split, config, schema, partials, lengths)
+            return WrittenEpisodes()
+        for shards in splits.values():
+            shards.close()
+        return _finish_dataset(out, name, version, config, schema, splits)
     finally:
-        if writer is not None:
-            writer.abort()
-        for p in partials:
-            p.unlink(missing_ok=True)
+        for shards in splits.values():
+            shards.abort()
+
+
+_SPLIT_NAME = re.compile(r"\w+", re.ASCII)
+
+
+class _SplitShards:
+    """The hidden partial shards of one split being written, ``episodes_per_shard`` each."""
+
+    def __init__(self, out: Path, stem: str, episodes_per_shard: int):
+        self.out, self.stem, self.per_shard = out, stem, episodes_per_shard
+        self.partials: list[Path] = []
+        self.lengths: list[int] = []
+        self._writer: TFRecordWriter | None = None
+
+    def write(self, payload: bytes) -> None:
+        if self._writer is None or self._writer.count >= self.per_shard:
+            self.close()
+            self.partials.append(self.out / f".{self.stem}.tfrecord-{len(self.partials):05d}.partial")
+            self._writer = TFRecordWriter(self.partials[-1])
+        self._writer.write(payload)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self.lengths.append(self._writer.count)
+            self._writer = None
+
+    def abort(self) -> None:
+        """Remove whatever is still partial (after :func:`_finish_dataset` nothing is)."""
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+        for partial in self.partials:
+            partial.unlink(missing_ok=True)
 
 
 def _finish_dataset(
-    out: Path,
-    name: str,
-    version: str,
-    split: str,
-    config: str | None,
-    schema: _Schema,
-    partials: list[Path],
-    lengths: list[int],
-) -> list[Path]:
+    out: Path, name: str, version: str, config: str | None, schema: _Schema, splits: dict[str, _SplitShards]
+) -> WrittenEpisodes:
     features = schema.features_json()
     info = _read_existing_info(out)
-    others = [s for s in info.get("splits", []) if isinstance(s, dict) and s.get("name") != split]
+    old_entries = [s for s in info.get("splits", []) if isinstance(s, dict)]
+    others = [s for s in old_entries if s.get("name") not in splits]
     features_path = out / "features.json"
     if others and features_path.is_file():
         try:
@@ -348,40 +390,47 @@ def _finish_dataset(
             same = False
         if not same:
             raise RLDSError(
-                f"split {split!r} has a different feature schema than the splits already there "
-                f"({[s.get('name') for s in others]}); write it to another version or name",
+                f"splits {sorted(splits)} have a different feature schema than the splits already there "
+                f"({[s.get('name') for s in others]}); write them to another version or name",
                 file=str(out),
             )
-    total = len(partials)
-    shards = [out / f"{name}-{split}.tfrecord-{i:05d}-of-{total:05d}" for i in range(total)]
-    for old in out.glob(f"{name}-{split}.tfrecord-*"):
-        if old not in shards:
-            old.unlink()
-    for partial, shard in zip(partials, shards, strict=True):
-        os.replace(partial, shard)
-    num_bytes = sum(s.stat().st_size for s in shards)
+    written = WrittenEpisodes()
+    entries: dict[str, dict[str, Any]] = {str(s.get("name")): s for s in old_entries}
+    for split, shards in splits.items():
+        total = len(shards.partials)
+        files = [out / f"{name}-{split}.tfrecord-{i:05d}-of-{total:05d}" for i in range(total)]
+        for old in out.glob(f"{name}-{split}.tfrecord-*"):
+            if old not in files:
+                old.unlink()
+        for partial, shard in zip(shards.partials, files, strict=True):
+            os.replace(partial, shard)
+        if split in entries:
+            log.warning("replaced split %r of %s (overwrite)", split, out)
+            written.replaced.append(split)
+        entries[split] = {
+            "name": split,
+            "numBytes": str(sum(f.stat().st_size for f in files)),
+            "shardLengths": [str(n) for n in shards.lengths],
+            "filepathTemplate": DEFAULT_TEMPLATE,
+        }
+        written.extend(files)
+        written.episodes[split] += sum(shards.lengths)
     info.update(
         {
             "name": name,
             "version": version,
             "description": info.get("description") or "RLDS episodes written by ContinuonBrain.",
             "fileFormat": "tfrecord",
-            "splits": [
-                *others,
-                {
-                    "name": split,
-                    "numBytes": str(num_bytes),
-                    "shardLengths": [str(n) for n in lengths],
-                    "filepathTemplate": DEFAULT_TEMPLATE,
-                },
-            ],
+            "splits": list(entries.values()),
         }
     )
     if config:
         info["configName"] = config
     _write_json(features_path, features)
     _write_json(out / "dataset_info.json", info)
-    return [*shards, features_path, out / "dataset_info.json"]
+    fsync_dir(out)
+    written.extend([features_path, out / "dataset_info.json"])
+    return written
 
 
 def _read_existing_info(out: Path) -> dict[str, Any]:
@@ -396,13 +445,7 @@ def _read_existing_info(out: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, doc: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
 
 
 __all__ = ["DEFAULT_TEMPLATE", "write_tfds"]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import gzip as gzip_lib
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from typing import BinaryIO
 
 import crc32c as crc32c_lib
 
-from continuonbrain.fsutil import fsync_dir
+from continuonbrain.fsutil import fsync_dir, temp_file
 from continuonbrain.rlds.errors import RLDSError
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -227,9 +226,8 @@ class TFRecordWriter:
         self.path = Path(path)
         self.count = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        self._tmp = Path(tmp)
-        self._raw = os.fdopen(fd, "wb")
+        self._tmp = temp_file(self.path)  # mode from the umask, like every file the project writes
+        self._raw = open(self._tmp, "wb")  # noqa: SIM115 - closed by close()/abort()
         # mtime=0 and no file name in the header: the same records give the same bytes.
         self._out: BinaryIO = (
             gzip_lib.GzipFile(filename="", fileobj=self._raw, mode="wb", mtime=0) if gzip else self._raw  # type: ignore[assignment]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from continuonbrain.rlds.episode import Episode
+from continuonbrain.rlds.written import WrittenEpisodes
 
 
 def write_episodes(
@@ -15,14 +16,17 @@ def write_episodes(
     out: str | os.PathLike,
     format: Literal["continuon", "tfds"] = "continuon",
     **options,
-) -> list[Path]:
-    """Write ``episodes`` under ``out`` and return the paths written.
+) -> WrittenEpisodes:
+    """Write ``episodes`` under ``out``; returns the paths written with the episodes per split.
 
     ``continuon``: one episode directory per episode (``metadata.json`` +
-    ``steps/000000.jsonl`` + ``blobs/``). ``tfds``: a TFDS RLDS dataset
-    ``<out>/<name>/<version>/`` (``options``: ``name``, ``version``, ``split``,
-    ``episodes_per_shard``) that ``tensorflow_datasets.builder_from_directory`` loads.
-    Episodes are consumed one at a time, so a generator streams with bounded memory.
+    ``steps/000000.jsonl`` + ``blobs/``), under ``<out>/<split>/`` for episodes that carry
+    a ``split``. ``tfds``: a TFDS RLDS dataset ``<out>/<name>/<version>/`` (``options``:
+    ``name``, ``version``, ``split`` for episodes without one, ``episodes_per_shard``) that
+    ``tensorflow_datasets.builder_from_directory`` loads, one split per episode split.
+    Neither overwrites an existing episode or split silently (``overwrite=True`` replaces
+    them, and says so in the result). Episodes are consumed one at a time, so a generator
+    streams with bounded memory.
     """
     if format == "continuon":
         from continuonbrain.rlds.continuon import write_continuon
@@ -43,16 +47,18 @@ def convert(
     for_upload: bool = False,
     **options,
 ) -> dict:
-    """Copy every good episode under ``src`` to ``dst`` in ``format``.
+    """Copy every good episode under ``src`` to ``dst`` in ``format``, split by split.
 
     Bad episodes are skipped and listed (the good ones are still converted). With
     ``for_upload`` only upload-ready episodes are written and their local-only ``owner``
-    block is stripped (see :mod:`continuonbrain.rlds.schema`).
+    block is stripped (see :mod:`continuonbrain.rlds.schema`). The report's ``written`` and
+    ``splits`` are what the writer put on disk (not how many episodes were read), and
+    ``kept_both``/``replaced`` say what happened where a name was already taken.
     """
     from continuonbrain.rlds.reader import read_episodes
     from continuonbrain.rlds.schema import export_metadata, upload_problems
 
-    report: dict = {"written": 0, "steps": 0, "errors": [], "not_upload_ready": []}
+    report: dict = {"read": 0, "steps": 0, "errors": [], "not_upload_ready": []}
 
     def good() -> Iterable[Episode]:
         for ep in read_episodes(src, on_error=lambda e: report["errors"].append(str(e))):
@@ -62,9 +68,15 @@ def convert(
                     report["not_upload_ready"].append({"episode": ep.episode_id, "problems": problems})
                     continue
                 ep.metadata = export_metadata(ep.metadata)
-            report["written"] += 1
+            report["read"] += 1
             report["steps"] += len(ep)
             yield ep
 
-    report["paths"] = [str(p) for p in write_episodes(good(), dst, format, **options)]
+    written = write_episodes(good(), dst, format, **options)
+    report["written"] = written.total
+    report["splits"] = dict(sorted(written.episodes.items()))
+    report["summary"] = written.describe()
+    report["kept_both"] = [{"existing": str(a), "written": str(b)} for a, b in written.kept_both]
+    report["replaced"] = written.replaced
+    report["paths"] = [str(p) for p in written]
     return report

@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from continuonbrain.fsutil import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 JOB_KINDS = ("sequential", "adapt")
@@ -439,9 +441,7 @@ class JobManager:
 
     def _write(self, job: Job) -> None:
         path = Path(job.directory) / "job.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(job.to_dict(), indent=2, default=str) + "\n")
-        os.replace(tmp, path)
+        atomic_write_bytes(path, (json.dumps(job.to_dict(), indent=2, default=str) + "\n").encode())
 
     def _recover(self) -> None:
         """Pick up the newest job of a previous server (see the module doc)."""

@@ -12,7 +12,6 @@ is set on it only when the episode ended by termination (success), not by trunca
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -165,13 +164,14 @@ def collect_to_dir(
         "env": env_id,
         "format": format,
         "out": str(out_dir),
-        "episodes": len(outcomes),
+        "episodes": paths.total,  # what is on disk (a taken name is kept beside, never overwritten)
         "steps": sum(o["length"] for o in outcomes),
         "control_role": ",".join(sorted(roles)),
         **summarize(outcomes),
         "seed": seed,
         "dart_sigma": dart_sigma,
         "paths": [str(p) for p in paths],
+        "kept_both": [{"existing": str(a), "written": str(b)} for a, b in paths.kept_both],
     }
 
 
@@ -281,7 +281,7 @@ def _run_episode(
             if hz:
                 row["timestamp"] = (t - 1) / hz
             if noise is not None:
-                row["step_metadata"] = {"executed_action": json.dumps([float(x) for x in executed])}
+                row["step_metadata"] = {"executed_action": [float(x) for x in executed]}
             rows.append(row)
         obs = next_obs
     stats = {

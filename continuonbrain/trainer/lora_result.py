@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from continuonbrain.fsutil import atomic_write_bytes
 from continuonbrain.trainer.metrics import json_default
 
 __all__ = [
@@ -104,9 +104,7 @@ def write_status(res: TrainerResult, log_dir: Path, model_root: Path) -> Path:
         "latest_log": res.log_path,
     }
     path = log_dir / STATUS_FILE
-    tmp = path.with_name(f".{STATUS_FILE}.tmp")
-    tmp.write_text(json.dumps(status, indent=2, default=json_default) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(status, indent=2, default=json_default) + "\n").encode())
     return path
 
 

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from continuonbrain.fsutil import atomic_write_bytes
+
 SUMMARY_WINDOW = 10
 
 
@@ -135,7 +137,5 @@ def component_summary(records: list[dict[str, Any]], component: str) -> dict[str
 
 def write_summary(run_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:
     path = Path(run_dir) / "summary.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=json_default) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(summary, indent=2, default=json_default) + "\n").encode())
     return path

@@ -48,13 +48,13 @@ import logging
 import math
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from continuonbrain.fsutil import atomic_write_bytes
 from continuonbrain.rlds.continuon import NON_EPISODE_JSON
 from continuonbrain.rlds.tfds import is_tfrecord_path
 from continuonbrain.trainer.budgets import read_temperature_c
@@ -569,17 +569,7 @@ def _abspath(path: Path) -> Path:
 
 def _write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(doc, indent=2) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
 
 
 # --- running ---------------------------------------------------------------------------------
