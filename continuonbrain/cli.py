@@ -490,5 +490,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RLDSError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a read-only mount, a missing permission: one line, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{(exc.strerror or str(exc)).lower()}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

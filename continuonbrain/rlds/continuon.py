@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from continuonbrain.fsutil import fsync_dir, temp_dir
+from continuonbrain.fsutil import fsync_dir, naming, temp_dir
 from continuonbrain.rlds.episode import Episode, ImageColumn, LazyImage, has_none
 from continuonbrain.rlds.errors import RLDSError
 from continuonbrain.rlds.reader import EpisodeResult
@@ -296,7 +296,8 @@ def write_continuon(
         parent.mkdir(exist_ok=True)
         tmp = temp_dir(parent / eid)
         try:
-            _write_episode_dir(ep, tmp, eid, steps_per_chunk)
+            with naming(parent / eid):
+                _write_episode_dir(ep, tmp, eid, steps_per_chunk)
             final = _place(tmp, parent / eid, overwrite, written)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

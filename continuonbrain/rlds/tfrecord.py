@@ -20,6 +20,7 @@ hands data-CRC errors to a callback and continues).
 
 from __future__ import annotations
 
+import contextlib
 import gzip as gzip_lib
 import os
 import struct
@@ -31,7 +32,7 @@ from typing import BinaryIO
 
 import crc32c as crc32c_lib
 
-from continuonbrain.fsutil import fsync_dir, temp_file
+from continuonbrain.fsutil import fsync_dir, naming, temp_file
 from continuonbrain.rlds.errors import RLDSError
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -234,27 +235,29 @@ class TFRecordWriter:
         )
 
     def write(self, payload: bytes) -> None:
-        self._out.write(frame_record(payload))
+        with naming(self.path):
+            self._out.write(frame_record(payload))
         self.count += 1
 
     def close(self) -> None:
         """Flush, fsync and move the file into place."""
         if self._raw.closed:
             return
-        if self._out is not self._raw:
-            self._out.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
-        os.replace(self._tmp, self.path)
+        with naming(self.path):
+            if self._out is not self._raw:
+                self._out.close()
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+            self._raw.close()
+            os.replace(self._tmp, self.path)
         fsync_dir(self.path.parent)
 
     def abort(self) -> None:
-        """Drop everything written so far."""
-        if not self._raw.closed:
-            if self._out is not self._raw:
-                self._out.close()
-            self._raw.close()
+        """Drop everything written so far, even when the disk is full: closing flushes the
+        buffers, which then fails again, and the temporary file must still go."""
+        for stream in (self._out, self._raw):
+            with contextlib.suppress(OSError):
+                stream.close()
         self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> TFRecordWriter:

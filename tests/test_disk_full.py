@@ -1,0 +1,76 @@
+"""A full disk ends every writing command with one line naming the path, exit 2, nothing
+half-written left behind and everything written before it intact (a real, tiny tmpfs)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from continuonbrain.rlds import read_episodes
+from continuonbrain.sim.collect import collect_to_dir
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs with ~150 KiB left: room for a few episodes, not for a dataset."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    try:
+        (mount / "filler").write_bytes(b"\0" * (1900 * 1024))
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("src")
+    collect_to_dir("reach2d", 40, out / "tf", seed=0, format="tfds")  # more than fits
+    return out / "tf"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "continuonbrain", *args], capture_output=True, text=True, check=False, timeout=300
+    )
+
+
+def leftovers(root: Path) -> list[Path]:
+    """Temporary or partial files a writer should have removed."""
+    return [p for p in root.rglob("*") if p.name.startswith(".") or p.name.endswith((".tmp", ".partial"))]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, under: Path) -> None:
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "no space left" in lines[0] and str(under) in lines[0]
+
+
+@pytest.mark.parametrize("fmt", ["continuon", "tfds"])
+def test_sim_collect_on_a_full_disk(full_disk: Path, fmt: str) -> None:
+    out = full_disk / "episodes"
+    proc = run_cli("sim", "collect", "--env", "reach2d", "--episodes", "80", "--out", str(out), "--format", fmt)
+    assert_one_line_error(proc, out)
+    assert leftovers(full_disk) == []
+    # Continuon: the episodes written before the disk filled are complete and read back.
+    assert len(list(read_episodes(out, on_error="raise"))) == (len(list(out.iterdir())) if fmt == "continuon" else 0)
+
+
+@pytest.mark.parametrize("fmt", ["continuon", "tfds"])
+def test_rlds_convert_on_a_full_disk(full_disk: Path, source: Path, fmt: str) -> None:
+    out = full_disk / "converted"
+    proc = run_cli("rlds", "convert", str(source), str(out), "--format", fmt)
+    assert_one_line_error(proc, out)
+    assert leftovers(full_disk) == []
+    assert not list(out.rglob("dataset_info.json"))  # never a dataset that looks complete
