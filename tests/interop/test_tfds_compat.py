@@ -1,8 +1,8 @@
 """Compatibility with the real tensorflow_datasets / TensorFlow, both directions.
 
-Skipped unless ``tensorflow_datasets`` is importable (never in the project venv; run it from
-a separate venv with ``pip install tensorflow-cpu tensorflow-datasets`` and this project
-installed with ``--no-deps``):
+Runs in the side environment ``.venv-tfds`` (``make interop-venvs test-interop``; the main
+venv has no TensorFlow). Without ``tensorflow_datasets`` it is skipped, and under ``CI=true``
+it fails:
 
 * what ``write_tfds`` writes loads with ``tfds.builder_from_directory`` with equal values;
 * what a real TFDS builder and ``tf.io.TFRecordWriter`` write is read by our reader with
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_episode, png_bytes, require_interop
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-tfds_lib = pytest.importorskip("tensorflow_datasets")
-tf = pytest.importorskip("tensorflow")
+tfds_lib = require_interop("tensorflow_datasets", ".venv-tfds")
+tf = require_interop("tensorflow", ".venv-tfds")
 
-from conftest import make_episode, png_bytes  # noqa: E402
 from test_tfds import rich_episode  # noqa: E402
 
 from continuonbrain.rlds import Episode, ImageColumn, tfds  # noqa: E402
@@ -199,6 +199,7 @@ def test_our_reader_reads_a_real_tfds_builder(tmp_path: Path) -> None:
                 "ok": bool(meta["ok"]),
                 "gain": float(meta["gain"]),
                 "episode_id": ep.metadata["episode_id"],  # not in the data: "<shard>#<record>"
+                "split": split,  # recorded by the reader, so that convert keeps the splits
             }
 
 
