@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import make_episode, make_image_episode
 
-from continuonbrain.rlds import RLDSError, read_episodes, scan_episodes, tfds, write_episodes
+from continuonbrain.rlds import read_episodes, scan_episodes, tfds, write_episodes
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -142,7 +142,10 @@ def test_convert_into_a_taken_tfds_split_refuses_then_overwrites_when_asked(tmp_
 
 def test_convert_into_a_continuon_dir_that_has_the_episodes_keeps_both(tmp_path: Path) -> None:
     write_episodes([make_episode(episode_id=f"e{i}") for i in range(2)], tmp_path / "src")
-    assert run_cli("rlds", "convert", str(tmp_path / "src"), str(tmp_path / "dst"), "--format", "continuon").returncode == 0
+    assert (
+        run_cli("rlds", "convert", str(tmp_path / "src"), str(tmp_path / "dst"), "--format", "continuon").returncode
+        == 0
+    )
     proc = run_cli("rlds", "convert", str(tmp_path / "src"), str(tmp_path / "dst"), "--format", "continuon")
     assert proc.returncode == 0 and proc.stderr.count("kept both:") == 2 and "wrote 2 episodes" in proc.stdout
     assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == ["e0", "e0-1", "e1", "e1-1"]
