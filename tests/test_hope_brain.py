@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -230,6 +231,23 @@ def test_components_saved_one_at_a_time(tmp_path: Path) -> None:
         save_component(tmp_path, "fast_loop", brain.fast_loop)
     merge_lora(brain.fast_loop)
     save_component(tmp_path, "fast_loop", brain.fast_loop)
+
+
+def test_a_component_file_depends_only_on_its_weights(tmp_path: Path) -> None:
+    """Equal weights give equal bytes (so a sha256 tells a reproduced model from another):
+    safetensors itself writes the header metadata in a random order per save
+    (safetensors/safetensors#584), and a component file carries four metadata keys."""
+    brain = trained_looking_brain(HopeConfig(**SMALL))
+    digests = set()
+    for i in range(8):
+        path = save_component(tmp_path / str(i), "fast_loop", brain.fast_loop)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["component"] == "fast_loop" and f.metadata()["format"] == "pt"
+    loaded = load_component(tmp_path / "0", "fast_loop")
+    for key, value in brain.fast_loop.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
 
 
 def test_load_errors_are_clear(tmp_path: Path) -> None:

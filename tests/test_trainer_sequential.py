@@ -1,19 +1,13 @@
-"""HOPE sequential training on simulator episodes: convergence, resume after kill -9,
-memory and thermal guards, dependency checks, the candidate slot."""
+"""HOPE sequential training on simulator episodes: convergence, memory and thermal guards,
+dependency checks, the candidate slot. Resume after kill -9 is in test_trainer_resume.py."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 
 from continuonbrain.hope import HopeBrain
 from continuonbrain.trainer.sequential import SequentialTrainer, TrainingError
@@ -124,49 +118,3 @@ def test_no_episodes_is_a_clear_error(tmp_path: Path) -> None:
     cfg = small_config(tmp_path, tmp_path / "empty")
     with pytest.raises(TrainingError, match="no readable episodes"):
         SequentialTrainer(cfg).run()
-
-
-def _weights(run_dir: Path) -> dict:
-    return {p.name: load_file(str(p)) for p in sorted((run_dir / "components").glob("*.safetensors"))}
-
-
-def _train_cmd(config: Path, run_dir: Path, models: Path, *extra: str) -> list[str]:
-    return [sys.executable, "run_trainer.py", "--config", str(config), "--run-dir", str(run_dir),
-            "--model-root", str(models), *extra]  # fmt: skip
-
-
-def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path, reach_episodes: Path) -> None:
-    repo = Path(__file__).resolve().parents[1]
-    small_config(tmp_path, reach_episodes, steps=40)  # writes tmp_path/config.json
-    config = tmp_path / "config.json"
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    subprocess.run(_train_cmd(config, tmp_path / "a", tmp_path / "ma"), cwd=repo, env=env, check=True, timeout=300)
-
-    run_b = tmp_path / "b"
-    proc = subprocess.Popen(_train_cmd(config, run_b, tmp_path / "mb"), cwd=repo, env=env)
-    metrics = run_b / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    killed_at = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        if metrics.exists():
-            recs = [json.loads(x) for x in metrics.read_text().splitlines() if x.endswith("}")]
-            mid = [r["step"] for r in recs if r.get("component") == "mid_loop" and "loss" in r]
-            if mid and mid[-1] >= 17:  # past the step-10 checkpoint, before the step-20 one
-                proc.send_signal(signal.SIGKILL)
-                killed_at = mid[-1]
-                break
-        time.sleep(0.01)
-    proc.wait(timeout=30)
-    assert killed_at is not None, "the run finished before it could be killed"
-    assert proc.returncode == -signal.SIGKILL
-    state = json.loads((run_b / "state.json").read_text())
-    assert state["components"]["vqvae"]["status"] == "done" and "mid_loop" not in state["components"]
-
-    subprocess.run(_train_cmd(config, run_b, tmp_path / "mb", "--resume"), cwd=repo, env=env, check=True, timeout=300)
-    a, b = _weights(tmp_path / "a"), _weights(run_b)
-    assert set(a) == set(b) == {"vqvae.safetensors", "mid_loop.safetensors", "fast_loop.safetensors"}
-    for name in a:
-        for key in a[name]:
-            assert (a[name][key] == b[name][key]).all(), f"{name}:{key} differs after kill -9 + resume"
-    events = [json.loads(x) for x in (run_b / "metrics.jsonl").read_text().splitlines() if x.endswith("}")]
-    assert any(e.get("event") == "resumed" and e["component"] == "mid_loop" and e["step"] == 10 for e in events)

@@ -41,13 +41,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from continuonbrain.hope.config import HopeConfig
 from continuonbrain.hope.fast_loop import FastLoop, FastLoopNumpy, FastLoopNumpyState
 from continuonbrain.hope.lora import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, find_lora_layers, load_adapter
 from continuonbrain.hope.mid_loop import MidLoop, MidState
+from continuonbrain.hope.safetensors_io import safetensors_bytes
 from continuonbrain.hope.vqvae import VQVAE
 
 __all__ = [
@@ -152,7 +153,8 @@ def save_component(directory: str | Path, name: str, module: nn.Module, overwrit
         "hope_config": config.to_json(indent=None),
     }
     path = component_path(directory, name)
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    data = safetensors_bytes(tensors, meta)  # canonical header: equal weights, equal sha256
+    _atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     return path
 
 

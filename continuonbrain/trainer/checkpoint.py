@@ -95,6 +95,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return _unflatten(json.loads(meta[_SKELETON_KEY]), load_file(str(path)))
 
 
+def seed_rngs(seed: int) -> None:
+    """Seed every RNG :func:`rng_state` saves. A component starts from here, so its first
+    step does not depend on what ran before it in the process (the uninterrupted run trained
+    the previous components first, the resumed one skipped them)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     """Every RNG a training step touches, so a resumed run draws the same numbers."""
     return {

@@ -283,8 +283,16 @@ def batches(dataset: WindowDataset, batch_size: int, start_epoch: int) -> Iterat
     """Endless (epoch, batch) stream: epochs repeat until the step budget ends training.
 
     A resumed epoch may have nothing left (the checkpoint came right after its last batch):
-    the stream then goes on with the next epoch, as the uninterrupted run did."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=0)
+    the stream then goes on with the next epoch, as the uninterrupted run did.
+
+    The loader draws from a generator of its own: every ``iter(loader)`` takes a worker base
+    seed from its generator (even with ``num_workers=0``, where the seed is unused), and
+    from the global torch RNG that would be one draw per epoch plus one more where a resumed
+    run reopens its epoch, shifting every later dead-code restart (and dropout mask) of the
+    resumed run away from the uninterrupted one's."""
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=0, generator=torch.Generator().manual_seed(dataset.seed)
+    )
     epoch = start_epoch
     resumed = epoch == dataset.epoch and dataset.state_dict()["consumed_total"] > 0
     while True:

@@ -14,8 +14,11 @@ never holds more than one component with optimizer state. The loop, top to botto
 
 Resumable: ``run_dir/state.json`` records which components are done, and each component's
 checkpoint holds weights, optimizer, scheduler, RNG states, data position and step. With
-``deterministic`` on, a run killed at any point and resumed ends with the same weights as an
-uninterrupted run.
+``deterministic`` on, a run killed at any point and resumed ends with the same component
+files as an uninterrupted run, byte for byte (``tests/test_trainer_resume.py`` kills one
+inside each component). That needs every RNG draw after the resume point to be the
+uninterrupted run's: each component starts from the seed, and nothing but training draws
+from the global RNGs (the data loader has a generator of its own).
 
 Data parallel ("past one board"): under ``torchrun --nproc_per_node=N`` (or N boards with
 ``--nnodes``) the same loop runs on every rank with DistributedDataParallel over gloo (CPU):
@@ -70,10 +73,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from continuonbrain.fsutil import fsync_dir, fsync_file
 from continuonbrain.hope import HopeConfig, build_component, load_component, save_component
 from continuonbrain.rlds import Episode
 from continuonbrain.trainer.budgets import (
@@ -84,7 +87,7 @@ from continuonbrain.trainer.budgets import (
     release_memory,
     rss_mb,
 )
-from continuonbrain.trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from continuonbrain.trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_rngs, set_rng_state
 from continuonbrain.trainer.distributed import Ranks, is_hot, share_codebook_updates, state_digests
 from continuonbrain.trainer.hope_data import (
     TrainingError,
@@ -174,11 +177,15 @@ class SequentialTrainer:
         return {"components": {}}
 
     def _save_state(self, state: dict[str, Any]) -> None:
+        """Replace ``state.json`` durably: after a power cut it is the old one or the new one,
+        never empty (an unreadable ``state.json`` would leave the run unresumable)."""
         if self.rank != 0:
             return
         tmp = self.state_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(state, indent=2, default=str) + "\n")
+        fsync_file(tmp)
         os.replace(tmp, self.state_path)
+        fsync_dir(self.run_dir)
 
     def _emit(self, logger: MetricsLogger | None, record: dict[str, Any]) -> None:
         """Log and report an event: rank 0 only (the other ranks have no logger)."""
@@ -241,8 +248,7 @@ class SequentialTrainer:
 
     def _setup_torch(self) -> None:
         torch.set_num_threads(self.cfg.torch_threads)
-        torch.manual_seed(self.cfg.seed)
-        np.random.seed(self.cfg.seed)
+        seed_rngs(self.cfg.seed)
         if self.cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.ranks.setup()
@@ -275,7 +281,7 @@ class SequentialTrainer:
         cfg, comp, ranks = self.cfg, self.cfg.components[name], self.ranks
         rank, world = ranks.rank, ranks.world_size
         keys = observation_keys(cfg, hope_cfg)
-        torch.manual_seed(cfg.seed)
+        seed_rngs(cfg.seed)
         module = build_component(name, hope_cfg)
         helper = None
         if name in ("vqvae", "fast_loop"):
