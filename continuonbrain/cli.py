@@ -97,11 +97,17 @@ def cmd_rlds_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_collect(args: argparse.Namespace) -> int:
+    import gymnasium
+
     from continuonbrain.sim.collect import collect_to_dir
 
-    summary = collect_to_dir(
-        args.env, args.episodes, args.out, format=args.format, seed=args.seed, dart_sigma=args.dart_sigma
-    )
+    try:
+        summary = collect_to_dir(
+            args.env, args.episodes, args.out, format=args.format, seed=args.seed, dart_sigma=args.dart_sigma
+        )
+    except (gymnasium.error.Error, ValueError, ImportError) as exc:  # an unknown id or module, unsupported spaces
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         _print_json(summary)
     else:
@@ -189,7 +195,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     try:
         result = evaluate_served(args.model_root, args.env, slot=args.slot, episodes=args.episodes, seed=args.seed)
-    except (NoModelError, ModelEnvMismatch, gymnasium.error.Error, ValueError) as exc:
+    except (NoModelError, ModelEnvMismatch, gymnasium.error.Error, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
@@ -360,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("sim", help="built-in simulators").add_subparsers(dest="sim_command", required=True)
     p = sim.add_parser("collect", help="record expert episodes as RLDS")
-    p.add_argument("--env", required=True, help="reach2d, track2d, or a gymnasium id")
+    p.add_argument(
+        "--env", required=True, help="reach2d, track2d, drive2d, or a gymnasium id (module:EnvId imports module)"
+    )
     p.add_argument("--episodes", type=int, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--format", choices=["continuon", "tfds"], default="continuon")
@@ -374,7 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="score a model slot in a simulator through BrainService, with baselines")
-    p.add_argument("--env", required=True, help="reach2d, track2d, or a gymnasium id with Box spaces")
+    p.add_argument(
+        "--env",
+        required=True,
+        help="reach2d, track2d, drive2d, or a gymnasium id (module:EnvId imports module) with a Box action space "
+        "and a Box or Dict-of-Boxes observation space",
+    )
     p.add_argument("--model-root", required=True, help="model store holding the slot to evaluate")
     p.add_argument("--slot", choices=["current", "candidate"], default="current")
     p.add_argument("--episodes", type=int, default=100, help="seeded episodes (the baselines run the same ones)")

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +43,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from continuonbrain.fsutil import temp_file
 from continuonbrain.hope.config import HopeConfig
 from continuonbrain.hope.fast_loop import FastLoop, FastLoopNumpy, FastLoopNumpyState
 from continuonbrain.hope.lora import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, find_lora_layers, load_adapter
@@ -99,8 +99,7 @@ def list_components(directory: str | Path) -> list[str]:
 
 def _atomic_write(path: Path, write: Any) -> None:
     """``write(tmp_path)`` then rename over ``path``, so readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temp_file(path)  # mode from the umask, like every file the project writes
     try:
         write(tmp)
         os.replace(tmp, path)

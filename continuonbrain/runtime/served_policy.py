@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 
 from continuonbrain.runtime.brain_service import BrainService, NoModelError
-from continuonbrain.sim.evaluate import evaluate, space_dims
+from continuonbrain.sim.evaluate import evaluate, fit_problems
 
 __all__ = ["ModelEnvMismatch", "ServedPolicy", "evaluate_served"]
 
 
 class ModelEnvMismatch(ValueError):
-    """The served model cannot act in the env (observation or action sizes differ)."""
+    """The served model cannot act in the env (observation or action sizes, keys or image shapes differ)."""
 
 
 class ServedPolicy:
@@ -54,20 +54,9 @@ class ServedPolicy:
 
 
 def check_fits(status: dict[str, Any], env_id: str, env_kwargs: dict[str, Any] | None = None) -> None:
-    """Raise :class:`ModelEnvMismatch` when the served model's sizes are not the env's."""
-    obs_dim, action_dim = space_dims(env_id, env_kwargs)
-    problems = []
-    if status.get("image_keys") or status.get("state_keys"):
-        problems.append(
-            f"the model takes dict observations (state keys {status.get('state_keys')}, "
-            f"image keys {status.get('image_keys')}), the env gives a vector of {obs_dim}"
-        )
-    elif status.get("observation_dim") != obs_dim:
-        problems.append(
-            f"the model takes observations of {status.get('observation_dim')} numbers, the env gives {obs_dim}"
-        )
-    if status.get("action_dim") != action_dim:
-        problems.append(f"the model gives actions of {status.get('action_dim')} numbers, the env takes {action_dim}")
+    """Raise :class:`ModelEnvMismatch` when the served model cannot act in the env: sizes, and
+    for dict observations the keys and image shapes (:func:`~continuonbrain.sim.evaluate.fit_problems`)."""
+    problems = fit_problems(status, env_id, env_kwargs)
     if problems:
         raise ModelEnvMismatch(f"model {status.get('version')} does not fit env {env_id!r}: " + "; ".join(problems))
 

@@ -1,9 +1,16 @@
 """Run policies in an env: RLDS episodes for training (``collect_*``), metrics for evaluation (``rollout``).
 
 Both go through one loop (:func:`_run_episode`), so what the trainer learns from and what the
-evaluator scores are produced the same way. The loop works with any gymnasium env whose
-observation and action spaces are Boxes; the built-in arm envs additionally have a scripted
-expert and report ``info["distance"]``/``info["success"]``.
+evaluator scores are produced the same way. The loop works with any gymnasium env whose action
+space is a Box and whose observation space is a Box or a Dict of Boxes; the built-in envs
+additionally have a scripted expert and report ``info["distance"]``/``info["success"]``.
+
+Dict observations are recorded as dicts with the env's keys: an image (a ``uint8 [H, W, 3]``
+Box, such as drive2d's ``cam/image_array``) as a JPEG :class:`~continuonbrain.rlds.LazyImage`
+(quality 95: Donkeycar's tubs store JPEG too, a 160x120 frame is ~8 KB and ~0.3 ms to encode,
+and the decoded pixels are within ~2 grey levels of the rendered ones on average), any other
+Box as a ``float32`` array of its shape. ``image_format="png"`` stores them losslessly (5 ms a
+frame, 1.6x the bytes).
 
 RLDS step convention: step ``t`` holds the observation seen at ``t``, the action taken at
 ``t`` and the reward received after it; ``is_last`` marks the final step and ``is_terminal``
@@ -12,6 +19,7 @@ is set on it only when the episode ended by termination (success), not by trunca
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -23,7 +31,7 @@ import gymnasium as gym
 import numpy as np
 
 import continuonbrain
-from continuonbrain.rlds import Episode, write_episodes
+from continuonbrain.rlds import Episode, LazyImage, write_episodes
 from continuonbrain.sim.experts import Policy, RandomPolicy, make_expert
 
 #: A policy: "expert", "random", None (the expert when the env has one, else random), a
@@ -32,6 +40,10 @@ PolicyLike = str | Callable[[np.ndarray], Any] | Policy | None
 
 #: Episodes never run longer than this, even in an env without a time limit.
 MAX_STEPS_CAP = 10_000
+
+#: JPEG quality of recorded camera frames (see the module docstring).
+JPEG_QUALITY = 95
+IMAGE_FORMATS = ("jpeg", "png")
 
 
 def episode_seed(seed: int, index: int) -> int:
@@ -44,15 +56,48 @@ def episode_seed(seed: int, index: int) -> int:
 
 
 def make_env(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> gym.Env:
-    """``gymnasium.make`` that insists on Box spaces (the built-in ids are registered by
-    ``continuonbrain.sim``'s ``__init__``, which always runs before this module)."""
+    """``gymnasium.make`` that insists on a Box action space and a Box or Dict-of-Boxes
+    observation space (the built-in ids are registered by ``continuonbrain.sim``'s
+    ``__init__``, which always runs before this module; ``module:EnvId`` imports ``module``)."""
     env = gym.make(env_id, **dict(env_kwargs or {}))
-    for name in ("observation_space", "action_space"):
-        space = getattr(env, name)
-        if not isinstance(space, gym.spaces.Box):
-            env.close()
-            raise ValueError(f"env {env_id!r} has a {type(space).__name__} {name}; only Box spaces are supported")
+    try:
+        if not isinstance(env.action_space, gym.spaces.Box):
+            raise ValueError(
+                f"env {env_id!r} has a {type(env.action_space).__name__} action_space; only Box actions are supported"
+            )
+        observation_layout(env.observation_space, env_id)
+    except ValueError:
+        env.close()
+        raise
     return env
+
+
+def is_image_space(space: gym.spaces.Space) -> bool:
+    """A camera: a ``uint8`` Box of shape ``[H, W, 3]``."""
+    return (
+        isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3 and space.shape[2] == 3
+    )
+
+
+def observation_layout(space: gym.spaces.Space, env_id: str = "env") -> dict[str, str] | None:
+    """``None`` for a Box observation; for a Dict of Boxes, ``{key: "image" | "state"}`` in the
+    Dict's order. Raises ``ValueError`` for anything else (naming the offending key)."""
+    if isinstance(space, gym.spaces.Box):
+        return None
+    if not isinstance(space, gym.spaces.Dict):
+        raise ValueError(
+            f"env {env_id!r} has a {type(space).__name__} observation_space; only a Box or a Dict of Boxes is supported"
+        )
+    layout: dict[str, str] = {}
+    for key, sub in space.spaces.items():
+        if not isinstance(sub, gym.spaces.Box):
+            raise ValueError(
+                f"env {env_id!r}: observation key {key!r} is a {type(sub).__name__}; only Boxes are supported in a Dict"
+            )
+        layout[str(key)] = "image" if is_image_space(sub) else "state"
+    if not layout:
+        raise ValueError(f"env {env_id!r} has an empty Dict observation_space")
+    return layout
 
 
 def rollout(
@@ -72,7 +117,7 @@ def rollout(
     """
     seed_ = 0 if seed is None else seed
     pol, _ = resolve_policy(policy, env, seed_)
-    _, stats = _run_episode(env, pol, seed, dart_sigma=dart_sigma, noise_seed=seed_, record=False, max_steps=max_steps)
+    _, stats = _run_episode(env, pol, seed, dart_sigma=dart_sigma, noise_seed=seed_, record=None, max_steps=max_steps)
     return stats
 
 
@@ -85,6 +130,7 @@ def collect_episodes(
     *,
     env_kwargs: Mapping[str, Any] | None = None,
     max_steps: int | None = None,
+    image_format: str = "jpeg",
 ) -> Iterator[Episode]:
     """Yield ``n_episodes`` RLDS episodes of ``policy`` acting in ``env_id``.
 
@@ -93,10 +139,13 @@ def collect_episodes(
     ``dart_sigma`` > 0, Gaussian noise of that std is added to the executed action (clipped
     to the action bounds) while the clean policy action is recorded; the executed one is
     kept in ``step_metadata["executed_action"]``. Episodes are generated lazily, one at a
-    time, so a writer can stream them.
+    time, so a writer can stream them. Camera images of a Dict observation are stored as
+    ``image_format`` (``"jpeg"`` or ``"png"``) :class:`~continuonbrain.rlds.LazyImage` values.
     """
     if n_episodes < 0:
         raise ValueError(f"n_episodes must be >= 0, got {n_episodes}")
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
     if dart_sigma < 0 or not math.isfinite(dart_sigma):
         raise ValueError(f"dart_sigma must be a finite number >= 0, got {dart_sigma}")
     env = make_env(env_id, env_kwargs)
@@ -106,7 +155,14 @@ def collect_episodes(
             ep_seed = episode_seed(seed, i)
             pol, role = resolve_policy(policy, env, ep_seed, env_id=env_id)
             rows, stats = _run_episode(
-                env, pol, ep_seed, dart_sigma=dart_sigma, noise_seed=ep_seed, record=True, max_steps=max_steps, hz=hz
+                env,
+                pol,
+                ep_seed,
+                dart_sigma=dart_sigma,
+                noise_seed=ep_seed,
+                record=image_format,
+                max_steps=max_steps,
+                hz=hz,
             )
             meta = episode_metadata(
                 env, env_id, seed=seed, index=i, episode_seed=ep_seed, role=role, dart_sigma=dart_sigma, hz=hz
@@ -130,6 +186,7 @@ def collect_to_dir(
     env_kwargs: Mapping[str, Any] | None = None,
     max_steps: int | None = None,
     progress: str | None = None,
+    image_format: str = "jpeg",
     **write_options: Any,
 ) -> dict[str, Any]:
     """Collect episodes and write them with :func:`continuonbrain.rlds.write_episodes`.
@@ -148,7 +205,14 @@ def collect_to_dir(
 
     def tally() -> Iterator[Episode]:
         for ep in collect_episodes(
-            env_id, n_episodes, seed, dart_sigma, policy, env_kwargs=env_kwargs, max_steps=max_steps
+            env_id,
+            n_episodes,
+            seed,
+            dart_sigma,
+            policy,
+            env_kwargs=env_kwargs,
+            max_steps=max_steps,
+            image_format=image_format,
         ):
             outcomes.append(ep.metadata["outcome"])
             roles.add(ep.metadata["control_role"])
@@ -234,11 +298,13 @@ def _run_episode(
     *,
     dart_sigma: float,
     noise_seed: int,
-    record: bool,
+    record: str | None,
     max_steps: int | None,
     hz: float | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The one rollout loop: returns the RLDS step rows (when ``record``) and the outcome."""
+    """The one rollout loop: returns the RLDS step rows (when ``record`` names the image format
+    to store camera frames in) and the outcome."""
+    layout = observation_layout(env.observation_space) if record else None
     space = env.action_space
     assert isinstance(space, gym.spaces.Box)
     low, high, dtype = space.low, space.high, space.dtype
@@ -270,7 +336,7 @@ def _run_episode(
             distances.append(float(info["distance"]))
         if record:
             row: dict[str, Any] = {
-                "observation": np.asarray(obs, dtype=np.float32),
+                "observation": _recorded(obs, layout, record),
                 "action": clean,
                 "reward": float(reward),
                 "discount": 1.0,
@@ -296,6 +362,30 @@ def _run_episode(
     return rows, stats
 
 
+def _recorded(obs: Any, layout: dict[str, str] | None, image_format: str | None) -> Any:
+    """An observation as a step row stores it: a ``float32`` array, or a dict of encoded
+    images and ``float32`` arrays."""
+    if layout is None:
+        return np.asarray(obs, dtype=np.float32)
+    return {
+        key: encode_image(obs[key], image_format or "jpeg") if kind == "image" else np.asarray(obs[key], np.float32)
+        for key, kind in layout.items()
+    }
+
+
+def encode_image(pixels: np.ndarray, image_format: str = "jpeg") -> LazyImage:
+    """A ``uint8 [H, W, 3]`` frame as an in-memory JPEG (quality :data:`JPEG_QUALITY`) or PNG."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    img = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8))
+    if image_format == "jpeg":
+        img.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    else:
+        img.save(buf, format="PNG", compress_level=1)
+    return LazyImage(data=buf.getvalue(), format=image_format)
+
+
 def control_hz(env: gym.Env) -> float | None:
     """The env's control rate: ``control_hz`` on the env or in its metadata, else ``1/dt``,
     else ``render_fps``; ``None`` when the env says nothing (no timestamps are written then)."""
@@ -317,16 +407,32 @@ def _plain(value: Any) -> Any:
 
 
 def _box(space: gym.spaces.Box, names: list[str] | None) -> dict[str, Any]:
+    """A Box as metadata: bounds element by element, except for a multi-dimensional Box with
+    one bound throughout (an image: two numbers, not 57,600 each)."""
+    low, high = np.ravel(space.low), np.ravel(space.high)
+    uniform = len(space.shape) > 1 and low.size > 0 and (low == low[0]).all() and (high == high[0]).all()
     desc: dict[str, Any] = {
         "type": "box",
         "shape": list(space.shape),
         "dtype": str(space.dtype),
-        "low": [float(x) for x in np.ravel(space.low)],
-        "high": [float(x) for x in np.ravel(space.high)],
+        "low": float(low[0]) if uniform else [float(x) for x in low],
+        "high": float(high[0]) if uniform else [float(x) for x in high],
     }
     if names:
         desc["names"] = names
     return desc
+
+
+def _space(space: gym.spaces.Space, names: list[str] | None) -> dict[str, Any]:
+    """A Box, or a Dict of Boxes (``{"type": "dict", "spaces": {key: box}}``, images marked)."""
+    if isinstance(space, gym.spaces.Dict):
+        spaces = {}
+        for key, sub in space.spaces.items():
+            assert isinstance(sub, gym.spaces.Box)
+            spaces[str(key)] = {**_box(sub, None), **({"image": True} if is_image_space(sub) else {})}
+        return {"type": "dict", "spaces": spaces}
+    assert isinstance(space, gym.spaces.Box)
+    return _box(space, names)
 
 
 def episode_metadata(
@@ -345,14 +451,23 @@ def episode_metadata(
     Simulated data is synthetic, so it is PII-cleared and needs no review; it is still not
     public unless someone decides so.
     """
+    from continuonbrain.sim.drive2d import Drive2DEnv
     from continuonbrain.sim.envs import TwoLinkArmEnv
 
     base = env.unwrapped
-    builtin = isinstance(base, TwoLinkArmEnv)
+    robot_model = f"gymnasium:{env_id}"
+    if isinstance(base, TwoLinkArmEnv):
+        robot_model = "continuon-sim-2link"
+    elif isinstance(base, Drive2DEnv):
+        robot_model = "continuon-sim-car"
     obs_space, act_space = env.observation_space, env.action_space
-    assert isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
-    obs_size = int(np.prod(obs_space.shape))
-    obs_names = list(getattr(base, "observation_names", None) or [f"obs_{i}" for i in range(obs_size)])
+    assert isinstance(act_space, gym.spaces.Box)
+    layout = observation_layout(obs_space, env_id)
+    if layout is None:
+        obs_size = int(np.prod(obs_space.shape))  # type: ignore[arg-type]
+        obs_names = list(getattr(base, "observation_names", None) or [f"obs_{i}" for i in range(obs_size)])
+    else:
+        obs_names = list(layout)
     act_names = list(getattr(base, "action_names", None) or [])
     hz_value: float | int | None = None
     if hz is not None:
@@ -362,7 +477,7 @@ def episode_metadata(
         "schema_version": "1.1",
         "episode_id": f"{env_id}-s{seed}-{index:06d}",
         "robot_id": f"sim-{env_id}",
-        "robot_model": "continuon-sim-2link" if builtin else f"gymnasium:{env_id}",
+        "robot_model": robot_model,
         "xr_mode": "none",
         "control_role": role,
         "environment_id": env_id,
@@ -371,7 +486,8 @@ def episode_metadata(
         "capabilities": {
             "control_hz": hz_value,
             "action_space": _box(act_space, act_names),
-            "observation_space": _box(obs_space, obs_names),
+            "observation_space": _space(obs_space, obs_names),
+            # A vector's element names, or a dict's keys (state and image keys alike).
             "observation_names": obs_names,
         },
         "safety": {

@@ -8,9 +8,12 @@ Why it looks like this:
   targets and start poses, and a rerun gives the same numbers. Training data is collected
   with seed 0 by default; evaluating with another base seed scores unseen episodes
   (``episode_seed`` mixes the base seed, so nearby seeds share no episode).
-* **Any Box env.** Built-in ids (``reach2d``, ``track2d``) or any gymnasium id whose
-  observation and action spaces are Boxes. The policy sees the observation flattened to
-  ``float32``, as the trainer stored it in the RLDS episodes it learned from.
+* **Any Box env.** Built-in ids (``reach2d``, ``track2d``, ``drive2d``) or any gymnasium id
+  (``module:EnvId`` imports ``module`` first) whose action space is a Box and whose
+  observation space is a Box or a Dict of Boxes. The policy sees a Box observation flattened
+  to ``float32``, as the trainer stored it in the RLDS episodes it learned from, and a Dict
+  one as a dict with the env's keys: images (``uint8 [H, W, 3]``) as they are, every other
+  Box flattened to ``float32``. Which models fit which envs is :func:`fit_problems`.
 * **The policy is passed in, not built here.** ``sim`` must not import ``runtime`` (the
   import direction of DESIGN.md), so the CLI hands in an object with ``reset()`` and
   ``act(obs)`` that drives the served model through ``BrainService.act``: what is scored
@@ -18,8 +21,9 @@ Why it looks like this:
 * **Metrics only where the env has them.** ``success`` is ``None`` for an env whose
   ``info`` has no ``"success"`` (and for ``track2d``, whose ``info["success"]`` is always
   false because tracking has no end state). The distance figure is the tip-to-target
-  distance at the last step (``info["distance"]``), except for ``track2d`` where it is the
-  mean tracking error over the episode (``info["tracking_error"]``), the task's metric;
+  distance at the last step (``info["distance"]``), except for ``track2d`` and ``drive2d``
+  where it is the mean tracking error over the episode (``info["tracking_error"]``: the arm's
+  distance to its moving target, the car's distance from the centreline), the task's metric;
   ``None`` where the env reports neither.
 """
 
@@ -33,11 +37,20 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from continuonbrain.sim.collect import PolicyLike, episode_seed, make_env, resolve_policy, rollout
+from continuonbrain.sim.collect import PolicyLike, episode_seed, make_env, observation_layout, resolve_policy, rollout
+from continuonbrain.sim.drive2d import Drive2DEnv
 from continuonbrain.sim.envs import Track2DEnv
 from continuonbrain.sim.experts import has_expert
 
-__all__ = ["EpisodeScore", "evaluate", "evaluate_policy", "percent", "space_dims"]
+__all__ = [
+    "EpisodeScore",
+    "evaluate",
+    "evaluate_policy",
+    "fit_problems",
+    "observation_spaces",
+    "percent",
+    "space_dims",
+]
 
 
 @dataclass(frozen=True)
@@ -81,43 +94,147 @@ class _InfoProbe(gym.Wrapper):
 
 
 class _FlatObservation:
-    """Hands the policy the observation as the trainer stored it: flattened ``float32``."""
+    """Hands the policy the observation as the trainer stored it: flattened ``float32``, or
+    for a Dict observation a dict with the env's keys (images as they are, ``uint8 [H, W, 3]``;
+    every other value flattened ``float32``)."""
 
-    def __init__(self, policy: Any):
+    def __init__(self, policy: Any, layout: dict[str, str] | None = None):
         self._policy = policy
+        self._layout = layout
 
     def reset(self) -> None:
         self._policy.reset()
 
     def act(self, obs: Any) -> Any:
-        return self._policy.act(np.asarray(obs, dtype=np.float32).reshape(-1))
+        if self._layout is None:
+            return self._policy.act(np.asarray(obs, dtype=np.float32).reshape(-1))
+        return self._policy.act(
+            {
+                key: np.asarray(obs[key]) if kind == "image" else np.asarray(obs[key], dtype=np.float32).reshape(-1)
+                for key, kind in self._layout.items()
+            }
+        )
 
 
 def space_dims(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> tuple[int, int]:
     """``(observation size, action size)`` of an env, flattened: what a model must take and give.
 
-    Raises ``ValueError`` for an env whose spaces are not Boxes (and gymnasium's own errors for
-    an unknown id).
+    For a Dict observation the size is that of its numeric (non-image) Boxes together, the
+    state vector a model builds from them (0 for a camera alone); :func:`observation_spaces`
+    has the keys and image shapes. Raises ``ValueError`` for an env whose action space is not
+    a Box or whose observation space is neither a Box nor a Dict of Boxes (and gymnasium's own
+    errors for an unknown id).
     """
+    obs_size, action_size, _ = _describe(env_id, env_kwargs)
+    return obs_size, action_size
+
+
+def observation_spaces(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """``None`` for a Box observation; for a Dict one, ``{key: {"kind": "image" | "state",
+    "shape": [...], "dtype": str}}`` in the env's order."""
+    return _describe(env_id, env_kwargs)[2]
+
+
+def _describe(env_id: str, env_kwargs: Mapping[str, Any] | None) -> tuple[int, int, dict[str, Any] | None]:
     env = make_env(env_id, env_kwargs)
     try:
         obs_space, act_space = env.observation_space, env.action_space
-        assert isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)
-        return int(np.prod(obs_space.shape)), int(np.prod(act_space.shape))
+        assert isinstance(act_space, gym.spaces.Box)
+        layout = observation_layout(obs_space, env_id)
+        if layout is None:
+            return int(np.prod(obs_space.shape)), int(np.prod(act_space.shape)), None  # type: ignore[arg-type]
+        subs = obs_space.spaces  # type: ignore[attr-defined]
+        spaces = {
+            k: {"kind": kind, "shape": [int(s) for s in subs[k].shape], "dtype": str(subs[k].dtype)}
+            for k, kind in layout.items()
+        }
+        obs_size = sum(int(np.prod(s["shape"])) for s in spaces.values() if s["kind"] == "state")
+        return obs_size, int(np.prod(act_space.shape)), spaces
     finally:
         env.close()
 
 
+def fit_problems(model: Mapping[str, Any], env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> list[str]:
+    """Why a model cannot act in an env (an empty list: it can).
+
+    ``model`` describes what the model takes and gives, as :meth:`BrainService.status` (or a
+    HopeConfig dict) does: ``observation_dim`` (or ``obs_dim``), ``action_dim``, and for dict
+    observations ``state_keys``, ``image_keys`` and ``image_shapes``. A vector model needs a
+    Box observation of its size. A dict model needs a Dict observation with exactly its keys:
+    every image key an image of the model's shape, the state keys numeric Boxes whose sizes
+    add up to the model's ``observation_dim``; each problem names the key and both shapes.
+    """
+    obs_dim, action_dim, env_spaces = _describe(env_id, env_kwargs)
+    model_dim = model.get("observation_dim", model.get("obs_dim"))
+    state_keys = list(model.get("state_keys") or [])
+    image_keys = list(model.get("image_keys") or [])
+    image_shapes = {k: list(v) for k, v in (model.get("image_shapes") or {}).items()}
+    problems = []
+
+    def env_has(key: str) -> str:
+        spec = env_spaces[key]  # type: ignore[index]
+        return f"{'an image' if spec['kind'] == 'image' else 'a state'} {spec['dtype']} {spec['shape']}"
+
+    if env_spaces is None:
+        if state_keys or image_keys:
+            problems.append(
+                f"the model takes dict observations (state keys {state_keys}, image keys {image_keys}), "
+                f"the env gives a vector of {obs_dim}"
+            )
+        elif model_dim != obs_dim:
+            problems.append(f"the model takes observations of {model_dim} numbers, the env gives {obs_dim}")
+    elif not (state_keys or image_keys):
+        described = ", ".join(f"{k!r} ({env_has(k)})" for k in env_spaces)
+        problems.append(f"the model takes a vector of {model_dim} numbers, the env gives a dict: {described}")
+    else:
+        for key in image_keys:
+            want = image_shapes.get(key)
+            if key not in env_spaces:
+                problems.append(f"the model's image key {key!r} ({want}) is not in the env's observation")
+            elif env_spaces[key]["kind"] != "image":
+                problems.append(f"key {key!r} is an image {want} for the model, the env gives {env_has(key)}")
+            elif want is not None and env_spaces[key]["shape"] != want:
+                problems.append(f"image {key!r}: the model takes {want}, the env gives {env_spaces[key]['shape']}")
+        for key in state_keys:
+            if key not in env_spaces:
+                problems.append(f"the model's state key {key!r} is not in the env's observation")
+            elif env_spaces[key]["kind"] == "image":
+                problems.append(f"key {key!r} is a state vector for the model, the env gives {env_has(key)}")
+        for key in env_spaces:
+            if key not in state_keys and key not in image_keys:
+                problems.append(
+                    f"the env's observation key {key!r} ({env_has(key)}) is not one of the model's "
+                    f"(state keys {state_keys}, image keys {image_keys})"
+                )
+        if not problems and model_dim is not None and model_dim != obs_dim:
+            problems.append(f"the model's state keys {state_keys} make {model_dim} numbers, the env's make {obs_dim}")
+    if model.get("action_dim") != action_dim:
+        problems.append(f"the model gives actions of {model.get('action_dim')} numbers, the env takes {action_dim}")
+    return problems
+
+
 def _is_tracking(env: gym.Env) -> bool:
+    """Scored by the mean tracking error over the episode (not the last distance)."""
+    return isinstance(env.unwrapped, Track2DEnv | Drive2DEnv)
+
+
+def _has_no_success(env: gym.Env) -> bool:
+    """``info["success"]`` is there but means nothing (tracking has no end state)."""
     return isinstance(env.unwrapped, Track2DEnv)
 
 
 def _run(
-    probe: _InfoProbe, policy: Any, index: int, ep_seed: int, tracking: bool, max_steps: int | None
+    probe: _InfoProbe,
+    policy: Any,
+    index: int,
+    ep_seed: int,
+    tracking: bool,
+    max_steps: int | None,
+    no_success: bool = False,
 ) -> EpisodeScore:
     stats = rollout(probe, policy, ep_seed, max_steps=max_steps)
     info = probe.last_info
-    success: bool | None = bool(stats["success"]) if probe.saw_success and not tracking else None
+    success: bool | None = bool(stats["success"]) if probe.saw_success and not no_success else None
     if tracking and info.get("tracking_error") is not None:
         distance: float | None = float(info["tracking_error"])
     else:
@@ -166,14 +283,15 @@ def evaluate_policy(
         if policy == "expert" and not has_expert(env):
             return None
         probe = _InfoProbe(env)
-        tracking = _is_tracking(env)
+        tracking, no_success = _is_tracking(env), _has_no_success(env)
+        layout = observation_layout(env.observation_space, env_id)
         scores = []
         for i in range(episodes):
             ep_seed = episode_seed(seed, i)
             # Baselines are rebuilt per episode (the random one seeded from the episode, so it
             # replays exactly); a passed-in policy is reset by the rollout loop.
             pol, _ = resolve_policy(policy, env, ep_seed, env_id=env_id)
-            scores.append(_run(probe, _FlatObservation(pol), i, ep_seed, tracking, max_steps))
+            scores.append(_run(probe, _FlatObservation(pol, layout), i, ep_seed, tracking, max_steps, no_success))
     finally:
         env.close()
     return _summary(scores, tracking)

@@ -1,10 +1,10 @@
-"""Scripted experts for the built-in arm envs: the demonstrations a policy learns from.
+"""Scripted experts for the built-in envs: the demonstrations a policy learns from.
 
-The expert reads only the observation (no privileged simulator state), so whatever it does a
-learned policy could in principle do too. It solves the arm's inverse kinematics for the
-target, picks the elbow solution nearest the current pose (so it never flips the elbow
-mid-motion), and commands joint velocities ``kp·(q* - q)`` plus, for a moving target, a
-feedforward of how fast ``q*`` is moving. ``kp`` = 5/s makes the loop critically damped
+Arms (``reach2d``, ``track2d``): :class:`ArmExpert` reads only the observation (no privileged
+simulator state), so whatever it does a learned policy could in principle do too. It solves
+the arm's inverse kinematics for the target, picks the elbow solution nearest the current pose
+(so it never flips the elbow mid-motion), and commands joint velocities ``kp·(q* - q)`` plus,
+for a moving target, a feedforward of how fast ``q*`` is moving. ``kp`` = 5/s makes the loop critically damped
 for the 50 ms actuator lag: fast, with no overshoot out of the success radius. The joint
 velocity vector is scaled down as a whole (not clipped per joint) when it exceeds the action
 bounds, which keeps the motion's direction.
@@ -13,6 +13,12 @@ DART (Laskey et al. 2017) noise is applied by the collector, not here: the exper
 returns its clean action, the collector executes a noisy one, and the clean one is recorded.
 That way demonstrations visit the states a slightly-wrong learned policy drifts into, while
 still labelling them with the right action.
+
+The camera car (``drive2d``): :class:`DriveExpert` is pure pursuit on the true centreline,
+read from the env it is bound to (privileged state: the track and the car's pose, which the
+camera image shows but a script cannot easily read off it). Its action is still a function
+of what the camera sees (where the lane goes ahead and how sharply it bends), which is what
+makes it learnable from pixels.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import numpy as np
 
 from continuonbrain.sim.envs import DT, LINK_LENGTHS, MAX_SPEED
 
-BUILTIN_ENVS = ("reach2d", "track2d")
+BUILTIN_ENVS = ("reach2d", "track2d", "drive2d")
 
 
 class Policy(Protocol):
@@ -104,6 +110,81 @@ class ArmExpert:
         return best
 
 
+class DriveExpert:
+    """Pure pursuit for ``drive2d``, bound to the env whose car it drives.
+
+    Steering: the point ``lookahead + lookahead_time·speed`` metres ahead on the centreline
+    is the goal; the bicycle's steering angle that puts the rear axle on a circle through it
+    is ``atan(2·wheelbase·sin α / distance)`` (α: the goal's bearing), scaled to the
+    ``angle`` command (negative: left) and clipped. Throttle: the speed at which the sharpest
+    curve within the braking preview stays under ``max_lateral_accel``
+    (``v = sqrt(a / |κ|)``, at most ``cruise_speed``), plus a proportional term on the
+    speed error; the car's speed lag then follows it.
+
+    ``make_expert(env)`` binds it; ``make_expert("drive2d")`` gives an unbound one, which
+    must be :meth:`bind`-ed before it acts.
+    """
+
+    def __init__(
+        self,
+        env: gym.Env | None = None,
+        lookahead: float = 0.45,
+        lookahead_time: float = 0.25,
+        cruise_speed: float = 2.2,
+        max_lateral_accel: float = 2.5,
+        min_speed: float = 0.6,
+        speed_gain: float = 0.5,
+    ) -> None:
+        self.lookahead = float(lookahead)
+        self.lookahead_time = float(lookahead_time)
+        self.cruise_speed = float(cruise_speed)
+        self.max_lateral_accel = float(max_lateral_accel)
+        self.min_speed = float(min_speed)
+        self.speed_gain = float(speed_gain)
+        self.env: Any = None
+        if env is not None:
+            self.bind(env)
+
+    def bind(self, env: gym.Env) -> DriveExpert:
+        from continuonbrain.sim.drive2d import Drive2DEnv
+
+        base = env.unwrapped
+        if not isinstance(base, Drive2DEnv):
+            raise ValueError(f"DriveExpert drives a Drive2DEnv, not {type(base).__name__}")
+        self.env = base
+        return self
+
+    def reset(self) -> None:
+        pass
+
+    def __call__(self, obs: Any) -> np.ndarray:
+        return self.act(obs)
+
+    def act(self, obs: Any) -> np.ndarray:
+        env = self.env
+        if env is None:
+            raise RuntimeError("DriveExpert is not bound to an env: use make_expert(env) or bind(env)")
+        track = env.track
+        if track is None:
+            raise RuntimeError("the env has not been reset")
+        x, y, yaw = env.pose
+        v = env.speed
+        s = env.arc_length
+        ld = self.lookahead + self.lookahead_time * v
+        gx, gy = track.point_at(s + ld)
+        dx, dy = gx - x, gy - y
+        dist = max(1e-6, math.hypot(dx, dy))
+        alpha = _wrap(math.atan2(dy, dx) - yaw)
+        delta = math.atan(2.0 * env.wheelbase * math.sin(alpha) / dist)  # positive: turn left
+        angle = -delta / env.max_steering
+        preview = 0.6 + v * v / (2.0 * self.max_lateral_accel)
+        kappa = track.max_abs_curvature(s, preview)
+        target = min(self.cruise_speed, math.sqrt(self.max_lateral_accel / max(kappa, 1e-6)))
+        target = max(self.min_speed, target)
+        throttle = (target + self.speed_gain * (target - v)) / env.max_speed
+        return np.array([min(1.0, max(-1.0, angle)), min(1.0, max(-1.0, throttle))], dtype=np.float32)
+
+
 class RandomPolicy:
     """Uniform random actions from a Box, from its own seeded generator (reproducible)."""
 
@@ -123,20 +204,24 @@ class RandomPolicy:
         return self.rng.uniform(self.low, self.high).astype(self.dtype)
 
 
-def make_expert(env: str | gym.Env, **kwargs: Any) -> ArmExpert:
+def make_expert(env: str | gym.Env, **kwargs: Any) -> ArmExpert | DriveExpert:
     """The scripted expert for a built-in env id, or for an env instance.
 
-    Given an instance, the expert is matched to it (link lengths, speed, control period and
-    actuator gain), so it stays an oracle on shifted variants. Raises ``ValueError`` for envs
-    that have no expert.
+    Given an instance, the expert is matched to it (arms: link lengths, speed, control period
+    and actuator gain, so it stays an oracle on shifted variants; the car: bound to the env,
+    whose track and pose it reads). ``"drive2d"`` as a string gives an unbound
+    :class:`DriveExpert`. Raises ``ValueError`` for envs that have no expert.
     """
     if isinstance(env, str):
         if env not in BUILTIN_ENVS:
             raise ValueError(f"no scripted expert for env {env!r} (have: {', '.join(BUILTIN_ENVS)})")
-        return ArmExpert(**kwargs)
+        return DriveExpert(**kwargs) if env == "drive2d" else ArmExpert(**kwargs)
     base = env.unwrapped
+    from continuonbrain.sim.drive2d import Drive2DEnv
     from continuonbrain.sim.envs import TwoLinkArmEnv
 
+    if isinstance(base, Drive2DEnv):
+        return DriveExpert(base, **kwargs)
     if not isinstance(base, TwoLinkArmEnv):
         raise ValueError(f"no scripted expert for {type(base).__name__}")
     params: dict[str, Any] = {
