@@ -176,6 +176,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name, c in summary["components"].items():
         print(
             f"  {name:<10} steps {c['steps']:>5}  loss {c.get('initial_loss', float('nan')):.4f} -> "
+    unfinished = [name for name, c in summary["components"].items() if c.get("status") != "done"]
+    if unfinished:
+        print(f"interrupted in {unfinished[0]}: `--resume` with the same run dir trains on from its checkpoint")
             f"{c.get('final_loss', float('nan')):.4f}  {c['wall_time_s']:.1f} s  peak RSS {c['peak_rss_mb']:.0f} MB  "
             f"stop: {c['stop_reason']}"
         )

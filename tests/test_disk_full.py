@@ -74,3 +74,16 @@ def test_rlds_convert_on_a_full_disk(full_disk: Path, source: Path, fmt: str) ->
     assert_one_line_error(proc, out)
     assert leftovers(full_disk) == []
     assert not list(out.rglob("dataset_info.json"))  # never a dataset that looks complete
+
+
+def test_train_on_a_full_disk(full_disk: Path, tmp_path: Path) -> None:
+    episodes = tmp_path / "episodes"
+    collect_to_dir("reach2d", 6, episodes, seed=0)
+    run = full_disk / "run"
+    proc = run_cli(
+        "train", "--rlds-dir", str(episodes), "--run-dir", str(run), "--model-root", str(full_disk / "models"),
+        "--max-steps", "30",
+    )  # fmt: skip
+    assert_one_line_error(proc, full_disk)
+    assert leftovers(full_disk) == []
+    assert not (full_disk / "models" / "candidate").exists()  # no candidate that looks complete

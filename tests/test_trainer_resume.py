@@ -132,3 +132,35 @@ def test_kill_9_inside_a_component_then_resume_gives_the_uninterrupted_files(
     assert set(digests) == {"config.json", *(f"{n}.safetensors" for n in COMPONENTS)}
     differ = sorted(name for name, digest in digests.items() if source["digests"][name] != digest)
     assert not differ, f"after kill -9 in {component} and --resume, {differ} differ from the uninterrupted run"
+
+
+def test_a_graceful_stop_resumes_where_it_stopped_and_finishes_the_budget(tmp_path: Path, source: dict) -> None:
+    """SIGTERM (what ``POST /api/training/stop`` sends) inside the Mid loop: the run checkpoints
+    and exits 0 with the Mid loop *interrupted*, not done; ``--resume`` trains it on from that
+    step to its budget and then the Fast loop, ending with the uninterrupted run's files."""
+    run, log = tmp_path / "run", tmp_path / "stopped.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(_train(source, run), stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240  # a hang guard, not a timing assertion
+    while proc.poll() is None and time.monotonic() < deadline:
+        if (run / "metrics.jsonl").exists():
+            steps = [e["step"] for e in _events(run) if e.get("component") == "mid_loop" and "loss" in e]
+            if steps and steps[-1] >= KILL_AFTER_STEP:
+                proc.send_signal(signal.SIGTERM)
+                break
+        time.sleep(0.002)
+    assert proc.wait(timeout=120) == 0, log.read_text()
+    state = json.loads((run / "state.json").read_text())
+    mid = state["components"]["mid_loop"]
+    assert mid["status"] == "interrupted" and mid["stop_reason"] == "stopped" and mid["steps"] < STEPS["max_steps"]
+    assert "fast_loop" not in state["components"] and "interrupted in mid_loop" in log.read_text()
+
+    resumed = subprocess.run(_train(source, run, "--resume"), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    starts = [(e["component"], e["step"]) for e in _events(run) if e.get("event") == "resumed"]
+    assert starts == [("mid_loop", mid["steps"])]  # from the step it stopped at, not from scratch
+    state = json.loads((run / "state.json").read_text())
+    assert {n: (c["status"], c["steps"]) for n, c in state["components"].items()} == {
+        n: ("done", STEPS["max_steps"]) for n in COMPONENTS
+    }
+    assert _digests(run) == source["digests"]

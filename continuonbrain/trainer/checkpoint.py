@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from continuonbrain.fsutil import fsync_dir, fsync_file
+from continuonbrain.fsutil import atomic_write_bytes
+from continuonbrain.hope.safetensors_io import safetensors_bytes
 
 _SKELETON_KEY = "continuonbrain.checkpoint.skeleton"
 
@@ -75,11 +76,10 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(state, tensors, "")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={_SKELETON_KEY: json.dumps(skeleton)})
-    fsync_file(tmp)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    # Serialised in memory and written by atomic_write_bytes: an OSError (a full disk names
+    # the file; safetensors' own writer raises its own error type) and never a temporary file
+    # left behind. A checkpoint is a few MB: weights plus the optimizer's two moments.
+    atomic_write_bytes(path, safetensors_bytes(tensors, {_SKELETON_KEY: json.dumps(skeleton)}))
     return path
 
 

@@ -68,6 +68,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -129,6 +130,15 @@ class _LossModule(nn.Module):
         if self._helper is not None:
             return self.module.loss(batch, self._helper)
         return self.module.loss(batch)
+
+
+#: Stop reasons that mean a component is finished (its budget is spent); any other stop is resumable.
+BUDGET_REASONS = ("max_steps", "max_wall_time_s")
+
+
+def _spent_budget(reason: str | None) -> bool:
+    """``"max_steps"``, or another rank's ``"rank 1: max_wall_time_s"``: the budget is spent."""
+    return re.sub(r"^rank \d+: ", "", reason or "") in BUDGET_REASONS
 
 
 def _lr_lambda(comp: ComponentTrainConfig) -> Callable[[int], float]:
@@ -435,7 +445,9 @@ class SequentialTrainer:
             save_component(self.components_dir, name, module, overwrite_config=True)
         ranks.barrier()  # the next component may load this one from components/
         result = {
-            "status": "done",
+            # A spent budget finishes a component; a stop request, the memory guard or the thermal
+            # give-up only interrupt it: its checkpoint is kept and --resume trains it on to its budget.
+            "status": "done" if _spent_budget(stop_reason) else "interrupted",
             "steps": step,
             "wall_time_s": round(wall, 3),
             "peak_rss_mb": round(max(r["peak_rss_mb"] for r in per_rank), 1),
@@ -459,7 +471,7 @@ class SequentialTrainer:
     def _publish(self, state: dict[str, Any]) -> None:
         """The run's finished components (+ config) become ``<model_root>/candidate``."""
         files = sorted(self.components_dir.glob("*"))
-        done = [n for n in self.cfg.order if state["components"].get(n, {}).get("status") == "done"]
+        done = [n for n in self.cfg.order if n in state["components"]]  # done or interrupted: saved either way
         current = self.store.manifest("current")
         self.store.write_slot(
             "candidate",
