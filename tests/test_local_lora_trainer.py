@@ -286,8 +286,14 @@ def test_a_candidate_that_breaks_the_bounds_is_rejected(seed, tmp_path: Path) ->
     before = slot_bytes(root / "current")
     version = PromotionStore(root).current_version()
     episodes = list(read_episodes(seed["gain05"]))[:24]
+    # 3x actions contradict the recorded [-1, 1] action space, which validation refuses: drop it.
+    caps = {k: v for k, v in episodes[0].metadata["capabilities"].items() if k != "action_space"}
     bad = [
-        dataclasses.replace(ep, action=np.asarray(ep.action) * 3.0, metadata={**ep.metadata, "episode_id": f"x3-{i}"})
+        dataclasses.replace(
+            ep,
+            action=np.asarray(ep.action) * 3.0,
+            metadata={**ep.metadata, "episode_id": f"x3-{i}", "capabilities": caps},
+        )
         for i, ep in enumerate(episodes)
     ]
     write_episodes(bad, tmp_path / "x3")

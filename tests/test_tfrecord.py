@@ -173,13 +173,14 @@ def test_truncated_gzip_file(tmp_path: Path) -> None:
 
 
 def test_huge_bogus_length_in_gzip_does_not_allocate(tmp_path: Path) -> None:
-    """A length with a valid CRC but no data behind it: truncation, not a MemoryError."""
+    """A length with a valid CRC but no data behind it: refused from the header (above the
+    record limit), not a MemoryError."""
     length = struct.pack("<Q", 1 << 40)
     header = length + struct.pack("<I", masked_crc32c(length))
     path = tmp_path / "bogus.tfrecord.gz"
     path.write_bytes(gzip.compress(header + b"tiny"))
     (record,) = scan_records(path)
-    assert record.fatal and "truncated" in str(record.error)
+    assert record.fatal and "Limits.max_record_bytes" in str(record.error)
 
 
 # --- writing ------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import os
 import shutil
@@ -37,13 +36,14 @@ import orjson
 from continuonbrain.fsutil import fsync_dir, naming, temp_dir
 from continuonbrain.rlds.episode import Episode, ImageColumn, LazyImage, has_none
 from continuonbrain.rlds.errors import RLDSError
+from continuonbrain.rlds.limits import DEFAULT_LIMITS, Limits, json_depth
 from continuonbrain.rlds.reader import EpisodeResult
 from continuonbrain.rlds.written import WrittenEpisodes
 
 log = logging.getLogger(__name__)
 
 #: Options the dispatcher passes through to these readers.
-OPTIONS = ("observation_key", "action_key")
+OPTIONS = ("observation_key", "action_key", "limits")
 #: JSON files that live beside episodes but are not episodes themselves.
 NON_EPISODE_JSON = {"metadata.json", "dataset_info.json", "features.json", "manifest.json", "status.json"}
 
@@ -52,28 +52,32 @@ def is_episode_dir(path: Path) -> bool:
     return (path / "metadata.json").is_file() or (path / "steps").is_dir()
 
 
-def scan_episode_dir(path: Path, observation_key: str = "observation", action_key: str = "action") -> EpisodeResult:
+def scan_episode_dir(
+    path: Path, observation_key: str = "observation", action_key: str = "action", limits: Limits = DEFAULT_LIMITS
+) -> EpisodeResult:
     """Read one Continuon episode directory into an :class:`EpisodeResult`."""
     try:
-        meta = _load_metadata(path / "metadata.json")
+        meta = _load_metadata(path / "metadata.json", limits)
         eid = str(meta.get("episode_id") or path.name)
         chunks = sorted((path / "steps").glob("*.jsonl")) if (path / "steps").is_dir() else []
         if not chunks:
             raise RLDSError("episode has no steps/*.jsonl files", file=str(path), episode=eid, field="steps")
         rows: list[Any] = []
         for chunk in chunks:
-            rows.extend(_parse_jsonl(chunk, eid))
+            rows.extend(_parse_jsonl(chunk, limits))
         episode = _episode_from_rows(rows, meta, path, str(path), eid, observation_key, action_key)
         return EpisodeResult(key=eid, unit=path, episode=episode)
     except RLDSError as err:
         return EpisodeResult(key=path.name, unit=path, error=err.at(file=str(path), episode=path.name))
 
 
-def scan_jsonl_file(path: Path, observation_key: str = "observation", action_key: str = "action") -> EpisodeResult:
+def scan_jsonl_file(
+    path: Path, observation_key: str = "observation", action_key: str = "action", limits: Limits = DEFAULT_LIMITS
+) -> EpisodeResult:
     """Read a single ``.jsonl`` file (one step per line) as one episode named by its file."""
     eid = path.stem
     try:
-        rows = _parse_jsonl(path, eid)
+        rows = _parse_jsonl(path, limits)
         episode = _episode_from_rows(
             rows, {"episode_id": eid}, path.parent, str(path), eid, observation_key, action_key
         )
@@ -82,11 +86,13 @@ def scan_jsonl_file(path: Path, observation_key: str = "observation", action_key
         return EpisodeResult(key=eid, unit=path, error=err.at(file=str(path), episode=eid))
 
 
-def scan_json_file(path: Path, observation_key: str = "observation", action_key: str = "action") -> EpisodeResult:
+def scan_json_file(
+    path: Path, observation_key: str = "observation", action_key: str = "action", limits: Limits = DEFAULT_LIMITS
+) -> EpisodeResult:
     """Read a single ``.json`` episode: ``{"steps": [...], "episode_metadata": {...}}``."""
     eid = path.stem
     try:
-        doc = _loads(_read_bytes(path), str(path))
+        doc = limits.loads(limits.read(path), str(path))
         if not isinstance(doc, Mapping):
             raise RLDSError(f"expected a JSON object with 'steps', got {type(doc).__name__}", field="steps")
         if "steps" not in doc:
@@ -108,50 +114,37 @@ def scan_json_file(path: Path, observation_key: str = "observation", action_key:
 # --- parsing -----------------------------------------------------------------------------
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise RLDSError(f"cannot be read: {exc.strerror or exc}", file=str(path)) from None
-
-
-def _loads(data: bytes, file: str, line: int | None = None) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        # Python's json module writes NaN/Infinity tokens, which orjson (strict JSON) rejects;
-        # parse those with the stdlib so the NaN check can name the step and field.
-        try:
-            return json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            pass
-        if line is None and exc.pos is not None:
-            line = data.count(b"\n", 0, exc.pos) + 1
-        raise RLDSError(f"malformed JSON: {exc.msg}", file=file, line=line) from None
-
-
-def _load_metadata(path: Path) -> dict:
-    if not path.is_file():
+def _load_metadata(path: Path, limits: Limits) -> dict:
+    if not os.path.lexists(path):  # not is_file(): a metadata.json that is a FIFO must be refused, not ignored
         return {}
-    meta = _loads(_read_bytes(path), str(path))
+    meta = limits.loads(limits.read(path), str(path))
     if not isinstance(meta, dict):
         raise RLDSError(f"metadata must be a JSON object, got {type(meta).__name__}", file=str(path), field="metadata")
     return meta
 
 
-def _parse_jsonl(path: Path, eid: str) -> list[Any]:
-    """Parse a JSONL file in one ``orjson`` call; on failure, find and name the bad line."""
-    data = _read_bytes(path)
+def _parse_jsonl(path: Path, limits: Limits) -> list[Any]:
+    """Parse a JSONL file, in one ``orjson`` call where that is safe; else line by line, which
+    names the bad line.
+
+    One call is safe when no line can be over the line limit (the whole file is not) and the
+    file's nesting is within the depth limit. The lines are joined with ``,\\n``, not ``,``: a
+    line broken inside a string then still holds a raw newline, which JSON forbids in strings,
+    instead of gluing with the next line into one step.
+    """
+    data = limits.read(path)
     body = data.strip()
-    if body:
+    if body and len(data) <= limits.max_line_bytes and json_depth(data) <= limits.max_json_depth:
         try:
-            return orjson.loads(b"[" + body.replace(b"\n", b",") + b"]")
+            return orjson.loads(b"[" + body.replace(b"\n", b",\n") + b"]")
         except orjson.JSONDecodeError:
             pass  # blank lines, NaN tokens or a bad line: go line by line
+    file = str(path)
     rows = []
     for lineno, raw in enumerate(data.splitlines(), start=1):
         if raw.strip():
-            rows.append(_loads(raw, str(path), line=lineno))
+            limits.check_line(raw, file, lineno)
+            rows.append(limits.loads(raw, file, line=lineno))
     return rows
 
 

@@ -10,6 +10,13 @@ The layout is recognised from what ``path`` is:
 * any directory above those, walked in sorted order (for TFDS dataset directories that hold
   several versions, only the newest version is read).
 
+Walking never leaves the tree under ``path``: a symlink is followed only when it resolves
+inside it, and each directory and file is read once, however many links lead to it (a
+symlink loop, a second link). A link out of the tree is reported, since what it points to
+would otherwise vanish without a word; one to something already read is skipped. Only
+regular files are read, within the bounds of :mod:`continuonbrain.rlds.limits`. Episode ids
+are unique within a split: the second episode with an id is an error naming both places.
+
 Everything is streamed: one episode is in memory at a time. Bad episodes become
 :class:`EpisodeResult` objects carrying an :class:`RLDSError`; :func:`read_episodes` skips
 them (with a warning by default) so the good episodes beside a bad one are still used, and
@@ -21,12 +28,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from continuonbrain.rlds.episode import Episode
 from continuonbrain.rlds.errors import RLDSError
+from continuonbrain.rlds.limits import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,16 @@ class EpisodeResult:
     def ok(self) -> bool:
         return self.error is None
 
+    def failed(self, error: RLDSError) -> EpisodeResult:
+        """The same unit, now bad: its episode dropped, ``error`` set."""
+        return replace(self, episode=None, error=error)
+
+    @property
+    def place(self) -> str:
+        """Where the episode was read from, precisely enough to find it (a record in a shard
+        is ``<shard dir>/<shard>#<index>``)."""
+        return str(self.unit) if self.movable else str(self.unit.parent / self.key)
+
 
 OnError = Literal["raise", "warn", "skip"] | Callable[[RLDSError], None]
 
@@ -70,7 +88,8 @@ def read_episodes(
     error. ``validate`` runs the content checks (NaN/Inf, timestamps, image decoding) of
     :mod:`continuonbrain.rlds.validate` on every episode. ``options`` go to the readers
     (``observation_key``/``action_key`` dotted paths for Continuon JSON, ``tfrecord_iter``
-    and ``example_parser`` hooks for TFRecord).
+    and ``example_parser`` hooks for TFRecord, ``limits``: a
+    :class:`~continuonbrain.rlds.limits.Limits` for everyone).
     """
     for result in scan_episodes(path, split, validate=validate, **options):
         if result.error is None:
@@ -93,27 +112,47 @@ def scan_episodes(
     root = Path(path)
     if not root.exists():
         raise RLDSError("path does not exist", file=str(root))
-    for result in _scan(root, split, options):
+    limits: Limits = options.get("limits") or DEFAULT_LIMITS
+    options["limits"] = limits.within(root) if root.is_dir() else limits
+    first_read: dict[tuple[str, str], str] = {}
+    for result in _scan(root, split, options, visited=set()):
         if split is not None and result.episode is not None and result.episode.metadata.get("split") != split:
             continue  # TFDS filters by shard; the other layouts by the split their metadata records
+        if result.episode is not None:
+            result = _unique_id(result, first_read)
         if validate and result.episode is not None:
             try:
                 check_episode(result.episode)
             except RLDSError as err:
-                result = EpisodeResult(
-                    key=result.key,
-                    unit=result.unit,
-                    error=err.at(file=result.episode.source, episode=result.episode.episode_id),
-                    movable=result.movable,
-                    raw=result.raw,
-                )
+                result = result.failed(err.at(file=result.episode.source, episode=result.episode.episode_id))
         yield result
 
 
-def _scan(path: Path, split: str | None, options: dict) -> Iterator[EpisodeResult]:
+def _unique_id(result: EpisodeResult, first_read: dict[tuple[str, str], str]) -> EpisodeResult:
+    """``result``, or an error when its episode id (within its split: TFDS numbers episodes
+    per split) was already read. ``first_read`` maps ids to where they were first read: the
+    one thing a scan keeps per episode (some 250 bytes: 125 MB for half a million episodes)."""
+    assert result.episode is not None
+    eid = result.episode.episode_id
+    key = (str(result.episode.metadata.get("split") or ""), eid)
+    first = first_read.get(key)
+    if first is None:
+        first_read[key] = result.place
+        return result
+    err = RLDSError(f"duplicate episode id: read from {result.place}, and first from {first}", episode=eid)
+    return result.failed(err.at(file=str(result.unit)))
+
+
+def _scan(path: Path, split: str | None, options: dict, visited: set[tuple[int, int]]) -> Iterator[EpisodeResult]:
     from continuonbrain.rlds import continuon, tfds
 
-    if path.is_file():
+    is_dir = path.is_dir()
+    if is_dir:
+        options["limits"].check_inside(path)  # a directory symlinked out of the tree is not entered
+    if not _first_visit(path, visited):
+        log.info("not reading %s: already read through another link", path)
+        return
+    if not is_dir:  # files, and FIFOs or devices, which the readers refuse without opening them
         name = path.name
         if tfds.is_tfrecord_path(path):
             yield from tfds.scan_tfrecord_file(path, **_pick(options, tfds.TFRECORD_OPTIONS))
@@ -146,7 +185,26 @@ def _scan(path: Path, split: str | None, options: dict) -> Iterator[EpisodeResul
         children = [c for c in children if c not in versions or c == newest]
     for child in children:
         if child.is_dir() or _looks_like_episode_file(child):
-            yield from _scan(child, split, options)
+            try:
+                yield from _scan(child, split, options, visited)
+            except RLDSError as err:  # one unreadable entry must not hide the episodes beside it
+                yield EpisodeResult(key=child.name, unit=child, error=err.at(file=str(child)), movable=False)
+
+
+def _first_visit(path: Path, visited: set[tuple[int, int]]) -> bool:
+    """Record ``path`` as read; false when it (the same inode) was read before, which is how a
+    symlink back to an ancestor or to something already read is recognised."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return True  # the reader names the problem
+    if not st.st_ino:  # a file system without inode numbers: nothing to compare
+        return True
+    key = (st.st_dev, st.st_ino)
+    if key in visited:
+        return False
+    visited.add(key)
+    return True
 
 
 def dir_layout(path: Path) -> Literal["continuon", "tfds"] | None:

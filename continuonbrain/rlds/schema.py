@@ -18,11 +18,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 
 from continuonbrain.rlds.errors import RLDSError
 
 SCHEMA_VERSION = "1.1"
+#: The highest plausible control rate. Real control loops run at 10 Hz - 1 kHz; a rate past
+#: 10 kHz (1e308 Hz, say) is a corrupt field, and windows sized in seconds would be nonsense.
+MAX_CONTROL_HZ = 10_000.0
 
 # Strict: "yes" is not a boolean. The JSON Schema says so, and the reader must agree with it.
 _Open = ConfigDict(extra="allow", strict=True)
@@ -64,6 +67,37 @@ class Software(BaseModel):
     version: str | None = None
 
 
+#: A bound of a Box: one number for every element, or one per element; ``null`` (how JSON
+#: writers store an infinite bound) and +-inf mean unbounded.
+Bound = Number | None | list[Number | None]
+
+
+def _control_hz(description: str) -> Any:
+    """The one definition of a valid control rate: a finite number in (0, MAX_CONTROL_HZ]."""
+    return Field(None, gt=0, le=MAX_CONTROL_HZ, allow_inf_nan=False, description=description)
+
+
+class BoxSpace(BaseModel):
+    """A gymnasium ``Box`` as ``sim collect`` records it. The data must agree with it: every
+    step's action has ``shape`` and lies within ``[low, high]`` (``rlds validate`` says where not)."""
+
+    model_config = _Open
+    type: str | None = Field(None, description="'box'.")
+    shape: list[NonNegativeInt] | None = Field(None, description="Shape of one step's value, e.g. [2].")
+    dtype: str | None = None
+    low: Bound = None
+    high: Bound = None
+    names: list[str] | None = None
+
+
+class Capabilities(BaseModel):
+    """What the robot that recorded the episode can do: its control rate and action space."""
+
+    model_config = _Open
+    control_hz: float | None = _control_hz("Control rate in Hz, in (0, 10000].")
+    action_space: BoxSpace | None = None
+
+
 class Owner(BaseModel):
     """Local-only: who owns the robot and the recording. Never leaves the robot."""
 
@@ -91,8 +125,8 @@ class EpisodeMetadata(BaseModel):
     )
     tags: list[str] = Field(default_factory=list)
     software: Software | None = None
-    capabilities: dict[str, Any] = Field(default_factory=dict)
-    control_hz: float | None = Field(None, gt=0, description="Control rate; used when steps carry no timestamps.")
+    capabilities: Capabilities = Field(default_factory=Capabilities)
+    control_hz: float | None = _control_hz("Control rate in Hz, in (0, 10000]; used when steps carry no timestamps.")
     safety: Safety | None = None
     share: Share | None = None
     provenance: Provenance | None = None

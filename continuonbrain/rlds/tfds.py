@@ -27,17 +27,17 @@ This module recognises TFRecord files and TFDS version directories and scans the
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from continuonbrain.rlds.errors import RLDSError
 from continuonbrain.rlds.example_proto import FeatureValue, parse_example
+from continuonbrain.rlds.limits import DEFAULT_LIMITS, Limits
 from continuonbrain.rlds.reader import EpisodeResult
 from continuonbrain.rlds.tfds_decode import (
     _decode_episode_record,
@@ -58,7 +58,7 @@ from continuonbrain.rlds.tfds_writer import DEFAULT_TEMPLATE, write_tfds
 from continuonbrain.rlds.tfrecord import Record, scan_records
 
 #: Options the dispatcher passes through to these readers.
-TFRECORD_OPTIONS = ("tfrecord_iter", "example_parser", "features")
+TFRECORD_OPTIONS = ("tfrecord_iter", "example_parser", "features", "limits")
 
 TfrecordIter = Callable[[Path], Iterable[bytes]]
 ExampleParser = Callable[[bytes], Mapping[str, Any]]
@@ -105,6 +105,8 @@ def scan_tfrecord_file(
     tfrecord_iter: TfrecordIter | None = None,
     example_parser: ExampleParser | None = None,
     features: FeatureSpec | Mapping[str, Any] | str | os.PathLike | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    declared_records: int | None = None,
 ) -> Iterator[EpisodeResult]:
     """Yield one :class:`EpisodeResult` per episode in a TFRecord shard, good or bad.
 
@@ -113,10 +115,12 @@ def scan_tfrecord_file(
     ``tfrecord_iter`` (path -> iterable of record bytes) and ``example_parser`` (bytes ->
     ``{field: values}``) replace the built-in framing and Example parsing. A damaged record
     becomes an error result and reading goes on with the next record; a truncated shard
-    ends after its last complete record.
+    ends after its last complete record. ``declared_records`` (the shard's length in
+    ``dataset_info.json``) adds an error when the shard holds fewer or more records than
+    that: the records lost to a truncation must not vanish without a word.
     """
     path = Path(path)
-    spec = _resolve_spec(path.parent, features)
+    spec = _resolve_spec(path.parent, features, limits)
     spec.check_usable()
     parse = _hooked_parser(example_parser) if example_parser is not None else parse_example
     source = str(path)
@@ -130,7 +134,9 @@ def scan_tfrecord_file(
         except RLDSError as err:
             return EpisodeResult(key=key, unit=path, error=err.at(file=source, episode=g.episode_id), movable=False)
 
-    for record in _records(path, tfrecord_iter):
+    found = 0
+    for record in _records(path, tfrecord_iter, limits):
+        found = record.index + 1
         key = f"{path.name}#{record.index}"
         if record.error is not None:
             yield EpisodeResult(key=key, unit=path, error=record.error.at(episode=key), movable=False)
@@ -169,23 +175,35 @@ def scan_tfrecord_file(
             yield EpisodeResult(key=key, unit=path, error=err, movable=False, raw=data)
     if group is not None:
         yield finish(group)
+    if declared_records is not None and found != declared_records:
+        yield EpisodeResult(key=path.name, unit=path, error=_count_error(path, declared_records, found), movable=False)
 
 
-def _resolve_spec(directory: Path, features: Any) -> FeatureSpec:
+def _count_error(path: Path, declared: int, found: int) -> RLDSError:
+    difference = f"{declared - found:,} missing" if found < declared else f"{found - declared:,} more than declared"
+    return RLDSError(
+        f"dataset_info.json declares {declared:,} records in this shard (shardLengths) and "
+        f"{found:,} were found (good or bad): {difference}",
+        file=str(path),
+    )
+
+
+def _resolve_spec(directory: Path, features: Any, limits: Limits) -> FeatureSpec:
     """The spec given, else ``directory/features.json``; an empty spec means heuristics."""
     if isinstance(features, FeatureSpec):
         return features
     if isinstance(features, Mapping):
         return parse_features(dict(features), source=f"features for {directory}")
     if isinstance(features, str | os.PathLike):
-        return load_features(Path(features))
+        return load_features(Path(features), limits)
     candidate = directory / "features.json"
-    return load_features(candidate) if candidate.is_file() else FeatureSpec()
+    # lexists, not is_file: a features.json that is a FIFO or a dangling link is an error, not "none".
+    return load_features(candidate, limits) if os.path.lexists(candidate) else FeatureSpec()
 
 
-def _records(path: Path, tfrecord_iter: TfrecordIter | None) -> Iterator[Record]:
+def _records(path: Path, tfrecord_iter: TfrecordIter | None, limits: Limits) -> Iterator[Record]:
     if tfrecord_iter is None:
-        yield from scan_records(path)
+        yield from scan_records(path, limits)
         return
     index = 0
     try:
@@ -235,36 +253,50 @@ def scan_tfds_dir(path: Path, split: str | None = None, **options: Any) -> Itera
     present. ``options`` are those of :func:`scan_tfrecord_file`.
     """
     path = Path(path)
+    limits = options.get("limits", DEFAULT_LIMITS)
     # Parsed once here rather than once per shard.
-    spec = _resolve_spec(path, options.pop("features", None))
+    spec = _resolve_spec(path, options.pop("features", None), limits)
     spec.check_usable()
-    shards = shard_files(path)
+    shards = dataset_shards(path, limits)
     if split is not None:
         if split not in shards:
             raise RLDSError(f"split {split!r} not found (splits: {sorted(shards)})", file=str(path))
         shards = {split: shards[split]}
-    for split_name, files in shards.items():
-        for shard in files:
-            if not shard.is_file():
+    for split_name, split_shards in shards.items():
+        for shard, declared in split_shards:
+            if not os.path.lexists(shard):
                 err = RLDSError("shard listed in dataset_info.json is missing", file=str(shard))
                 yield EpisodeResult(key=shard.name, unit=shard, error=err, movable=False)
                 continue
-            for result in scan_tfrecord_file(shard, features=spec, **options):
-                if result.episode is not None and split_name:
-                    # The split is part of where an episode belongs: convert keeps it by this.
-                    result.episode.metadata["split"] = split_name
-                yield result
+            try:
+                for result in scan_tfrecord_file(shard, features=spec, declared_records=declared, **options):
+                    if result.episode is not None and split_name:
+                        # The split is part of where an episode belongs: convert keeps it by this.
+                        result.episode.metadata["split"] = split_name
+                    yield result
+            except RLDSError as err:  # a shard that cannot be opened: the other shards are still read
+                yield EpisodeResult(key=shard.name, unit=shard, error=err.at(file=str(shard)), movable=False)
+
+
+class Shard(NamedTuple):
+    """A shard file of a split and the number of records ``dataset_info.json`` says it holds
+    (``shardLengths``), ``None`` where it does not say."""
+
+    path: Path
+    declared: int | None
 
 
 def shard_files(path: Path) -> dict[str, list[Path]]:
     """The shard files of each split of a TFDS version directory, in order."""
+    return {name: [shard.path for shard in shards] for name, shards in dataset_shards(path).items()}
+
+
+def dataset_shards(path: Path, limits: Limits = DEFAULT_LIMITS) -> dict[str, list[Shard]]:
+    """The shards of each split of a TFDS version directory, in order, with their declared lengths."""
     info_path = path / "dataset_info.json"
-    info: dict[str, Any] = {}
-    if info_path.is_file():
-        try:
-            info = json.loads(info_path.read_bytes())
-        except (OSError, ValueError, RecursionError) as exc:
-            raise RLDSError(f"cannot be read: {exc}", file=str(info_path)) from None
+    info: Any = {}
+    if os.path.lexists(info_path):
+        info = limits.loads(limits.read(info_path), str(info_path))
         if not isinstance(info, dict):
             raise RLDSError("must be a JSON object", file=str(info_path))
     fmt = info.get("fileFormat") or "tfrecord"
@@ -273,23 +305,23 @@ def shard_files(path: Path) -> dict[str, list[Path]]:
     name, splits = info.get("name"), info.get("splits")
     if name and isinstance(splits, list) and splits:
         try:
-            return {str(s["name"]): _split_files(path, str(name), s) for s in splits}
+            return {str(s["name"]): _split_shards(path, str(name), s) for s in splits}
         except (KeyError, TypeError, ValueError) as exc:
             raise RLDSError(f"malformed splits entry ({type(exc).__name__}: {exc})", file=str(info_path)) from None
-    out: dict[str, list[Path]] = {}
+    out: dict[str, list[Shard]] = {}
     for entry in sorted(os.scandir(path), key=lambda e: e.name):
         if entry.name.startswith(".") or not is_tfrecord_path(Path(entry.name)):
             continue
         match = _SHARD_RE.match(entry.name)
-        out.setdefault(match.group("split") if match else "", []).append(Path(entry.path))
+        out.setdefault(match.group("split") if match else "", []).append(Shard(Path(entry.path), None))
     return out
 
 
-def _split_files(path: Path, name: str, split: Mapping[str, Any]) -> list[Path]:
-    lengths = split.get("shardLengths") or []
+def _split_shards(path: Path, name: str, split: Mapping[str, Any]) -> list[Shard]:
+    lengths = [_shard_length(n) for n in split.get("shardLengths") or []]
     count = len(lengths) if lengths else int(split.get("numShards") or 0)
     template = str(split.get("filepathTemplate") or DEFAULT_TEMPLATE)
-    return [
+    files = [
         path
         / template.replace("{DATASET}", name)
         .replace("{SPLIT}", str(split["name"]))
@@ -299,6 +331,14 @@ def _split_files(path: Path, name: str, split: Mapping[str, Any]) -> list[Path]:
         .replace("{NUM_SHARDS}", f"{count:05d}")
         for i in range(count)
     ]
+    return [Shard(file, lengths[i] if lengths else None) for i, file in enumerate(files)]
+
+
+def _shard_length(value: Any) -> int:
+    """One ``shardLengths`` entry: TFDS writes decimal strings (int64 in proto JSON)."""
+    if isinstance(value, bool) or not isinstance(value, int | str) or int(value) < 0:
+        raise ValueError(f"shard length {value!r} is not a count")
+    return int(value)
 
 
 __all__ = [
@@ -308,6 +348,8 @@ __all__ = [
     "TFRECORD_OPTIONS",
     "FeatureSpec",
     "Leaf",
+    "Shard",
+    "dataset_shards",
     "is_tfds_dir",
     "is_tfrecord_path",
     "load_features",

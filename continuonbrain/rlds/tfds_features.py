@@ -21,6 +21,7 @@ from typing import Any
 
 from continuonbrain.rlds.errors import RLDSError
 from continuonbrain.rlds.example_proto import FeatureValue
+from continuonbrain.rlds.limits import DEFAULT_LIMITS, Limits
 
 #: The two episode-level features this project writes; why the metadata is stored as JSON
 #: text is explained in :mod:`continuonbrain.rlds.tfds_writer`.
@@ -97,15 +98,9 @@ class FeatureSpec:
                 raise RLDSError(leaf.problem, file=self.source, field=leaf.key)
 
 
-def load_features(path: Path) -> FeatureSpec:
-    """Read and parse a ``features.json`` file."""
-    try:
-        doc = json.loads(Path(path).read_bytes())
-    except OSError as exc:
-        raise RLDSError(f"cannot be read: {exc.strerror or exc}", file=str(path)) from None
-    except (ValueError, RecursionError) as exc:
-        raise RLDSError(f"malformed JSON: {exc}", file=str(path)) from None
-    return parse_features(doc, source=str(path))
+def load_features(path: Path, limits: Limits = DEFAULT_LIMITS) -> FeatureSpec:
+    """Read and parse a ``features.json`` file (within ``limits``: size, nesting, a regular file)."""
+    return parse_features(limits.loads(limits.read(path), str(path)), source=str(path))
 
 
 def parse_features(doc: Any, source: str | None = None) -> FeatureSpec:

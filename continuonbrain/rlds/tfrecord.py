@@ -16,6 +16,10 @@ goes on with the next one (the other episodes in a shard are still usable); a ba
 CRC or a file that ends mid-record means the framing itself can no longer be trusted, so the
 file ends there. :func:`iter_records` is the strict form that raises on the first problem (or
 hands data-CRC errors to a callback and continues).
+
+A record longer than ``Limits.max_record_bytes`` is refused from its header, before a byte of
+it is read or allocated: in a plain file it is skipped (seeking past it) and reading goes on;
+in a gzip file, where skipping would mean decompressing it, the file ends there.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import crc32c as crc32c_lib
 
 from continuonbrain.fsutil import fsync_dir, naming, temp_file
 from continuonbrain.rlds.errors import RLDSError
+from continuonbrain.rlds.limits import DEFAULT_LIMITS, Limits, over_limit
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _HEADER = struct.Struct("<QI")
@@ -77,14 +82,12 @@ def is_gzip_file(path: Path) -> bool:
     length ends in ``0x8b1f``), so a file that starts with it but whose first 12 bytes are a
     valid TFRecord header is plain. A ``.gz`` name with plain content is read as plain too.
     """
-    try:
-        with open(path, "rb") as f:
-            head = f.read(_HEADER.size)
-    except OSError as exc:
-        raise RLDSError(f"cannot be read: {exc.strerror or exc}", file=str(path)) from None
-    if not head.startswith(_GZIP_MAGIC):
-        return False
-    return not _valid_header(head)
+    with DEFAULT_LIMITS.open(path) as f:
+        return _is_gzip_head(f.read(_HEADER.size))
+
+
+def _is_gzip_head(head: bytes) -> bool:
+    return head.startswith(_GZIP_MAGIC) and not _valid_header(head)
 
 
 def _valid_header(head: bytes) -> bool:
@@ -94,76 +97,99 @@ def _valid_header(head: bytes) -> bool:
     return masked_crc32c(head[:8]) == stored
 
 
-def scan_records(path: str | os.PathLike) -> Iterator[Record]:
+def scan_records(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> Iterator[Record]:
     """Yield every record of ``path`` (plain or gzip) as a :class:`Record`.
 
     Never raises for bad content: a damaged record comes out as a ``Record`` with ``error``
     set (each error names the file, the record index and the byte offset). Only a file that
-    cannot be opened at all raises :class:`RLDSError`.
+    cannot be opened at all (or is not a regular file, see ``limits``) raises :class:`RLDSError`.
     """
     path = Path(path)
-    gz = is_gzip_file(path)
+    raw = limits.open(path)
     try:
-        raw = open(path, "rb")  # noqa: SIM115 - closed in the finally below, generator-safe
-    except OSError as exc:
-        raise RLDSError(f"cannot be read: {exc.strerror or exc}", file=str(path)) from None
-    try:
+        gz = _is_gzip_head(raw.read(_HEADER.size))
+        raw.seek(0)
         stream: BinaryIO = gzip_lib.GzipFile(fileobj=raw, mode="rb") if gz else raw  # type: ignore[assignment]
         size = None if gz else os.fstat(raw.fileno()).st_size
-        yield from _scan_stream(stream, path, size)
+        yield from _scan_stream(stream, path, size, limits.max_record_bytes)
     finally:
         raw.close()
 
 
-def _scan_stream(stream: BinaryIO, path: Path, size: int | None) -> Iterator[Record]:
+@dataclass(frozen=True, slots=True)
+class _At:
+    """Where in a file a record starts, for its errors."""
+
+    file: str
+    index: int
+    offset: int
+
+    def error(self, message: str, fatal: bool = False) -> Record:
+        err = RLDSError(f"record {self.index} at byte offset {self.offset}: {message}", file=self.file)
+        return Record(self.index, self.offset, error=err, fatal=fatal)
+
+
+def _scan_stream(stream: BinaryIO, path: Path, size: int | None, max_record: int) -> Iterator[Record]:
     index = 0
     offset = 0
-    file = str(path)
-
-    def fail(message: str) -> Record:
-        err = RLDSError(f"record {index} at byte offset {offset}: {message}", file=file)
-        return Record(index, offset, error=err, fatal=True)
-
     while True:
+        at = _At(str(path), index, offset)
         try:
             head = _read_exact(stream, _HEADER.size)
         except _StreamError as exc:
-            yield fail(str(exc))
+            yield at.error(str(exc), fatal=True)
             return
         if not head:
             return
         if len(head) < _HEADER.size:
-            yield fail(f"file ends inside the record header ({len(head)} of {_HEADER.size} bytes): truncated")
+            yield at.error(
+                f"file ends inside the record header ({len(head)} of {_HEADER.size} bytes): truncated", fatal=True
+            )
             return
         length, stored = _HEADER.unpack(head)
         if masked_crc32c(head[:8]) != stored:
-            yield fail("length CRC mismatch: the record framing is corrupt, the rest of the file is unreadable")
+            yield at.error(
+                "length CRC mismatch: the record framing is corrupt, the rest of the file is unreadable", fatal=True
+            )
             return
         if size is not None and offset + _HEADER.size + length + _FOOTER.size > size:
-            yield fail(f"record claims {length} bytes but the file ends at byte {size}: truncated")
+            yield at.error(f"record claims {length} bytes but the file ends at byte {size}: truncated", fatal=True)
             return
-        try:
-            body = _read_exact(stream, length + _FOOTER.size)
-        except _StreamError as exc:
-            yield fail(str(exc))
-            return
-        if len(body) < length + _FOOTER.size:
-            yield fail(f"file ends inside the record ({len(body)} of {length + _FOOTER.size} bytes): truncated")
-            return
-        data = body[:length]
-        (stored,) = _FOOTER.unpack_from(body, length)
-        computed = masked_crc32c(data)
-        if computed != stored:
-            err = RLDSError(
-                f"record {index} at byte offset {offset}: data CRC mismatch "
-                f"(stored 0x{stored:08x}, computed 0x{computed:08x}); the record is damaged",
-                file=file,
-            )
-            yield Record(index, offset, error=err)
+        if length > max_record:
+            refusal = over_limit("the record", length, "max_record_bytes", max_record)
+            if size is None:
+                yield at.error(
+                    f"{refusal}; a gzip stream cannot be skipped unread, so the rest is not read", fatal=True
+                )
+                return
+            stream.seek(length + _FOOTER.size, os.SEEK_CUR)  # the framing is intact: go on after it
+            record = at.error(f"{refusal}; skipped unread")
         else:
-            yield Record(index, offset, data=data)
+            record = _read_body(stream, length, at)
+        yield record
+        if record.fatal:
+            return
         index += 1
         offset += _HEADER.size + length + _FOOTER.size
+
+
+def _read_body(stream: BinaryIO, length: int, at: _At) -> Record:
+    """The record whose header said ``length``: its data, a data-CRC error (the framing is
+    intact, reading goes on), or a fatal error when the stream ends or breaks inside it."""
+    try:
+        body = _read_exact(stream, length + _FOOTER.size)
+    except _StreamError as exc:
+        return at.error(str(exc), fatal=True)
+    if len(body) < length + _FOOTER.size:
+        return at.error(
+            f"file ends inside the record ({len(body)} of {length + _FOOTER.size} bytes): truncated", fatal=True
+        )
+    data = body[:length]
+    (stored,) = _FOOTER.unpack_from(body, length)
+    computed = masked_crc32c(data)
+    if computed != stored:
+        return at.error(f"data CRC mismatch (stored 0x{stored:08x}, computed 0x{computed:08x}); the record is damaged")
+    return Record(at.index, at.offset, data=data)
 
 
 class _StreamError(Exception):

@@ -4,7 +4,11 @@ The readers already reject what cannot be parsed (bad JSON, CRC mismatches, ragg
 wrong types). :func:`check_episode` adds what parses but must not reach a trainer: NaN or
 Inf values, timestamps that go backwards, ``is_first``/``is_last`` flags that contradict
 their position (two episodes glued together), images that do not decode, metadata that
-breaks the schema.
+breaks the schema, and actions that contradict the action space the metadata declares.
+
+For a report (``rlds validate``, ``rlds info``) a path under which nothing at all is found
+is a problem too (a typo, an unmounted disk, a dataset whose shards are gone); for a reader
+it is just nothing to read.
 
 Quarantine *moves* a bad episode out of the data directory (never deletes it) and writes a
 ``reason.txt`` beside it, so nothing recorded on the robot is lost and a person can fix and
@@ -13,9 +17,10 @@ put it back.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +30,7 @@ import numpy as np
 from continuonbrain.rlds.episode import Episode, Features, ImageColumn
 from continuonbrain.rlds.errors import RLDSError
 from continuonbrain.rlds.reader import EpisodeResult, scan_episodes
-from continuonbrain.rlds.schema import check_metadata, upload_problems
+from continuonbrain.rlds.schema import BoxSpace, check_metadata, upload_problems
 
 
 def check_episode(episode: Episode, decode_images: bool = False) -> None:
@@ -34,12 +39,14 @@ def check_episode(episode: Episode, decode_images: bool = False) -> None:
     Images: the header is always checked (cheap); ``decode_images=True`` decodes every
     frame, which ``rlds validate`` does and the training read path does not.
     """
-    check_metadata(episode.metadata)
+    metadata = check_metadata(episode.metadata)
     n = len(episode)
     if n == 0:
         raise RLDSError("episode has no steps", field="steps")
     _check_features(episode.observation, "observation", decode_images)
     _check_features(episode.action, "action", decode_images)
+    if metadata.capabilities.action_space is not None:
+        _check_action_space(episode.action, metadata.capabilities.action_space)
     _check_finite(episode.reward, "reward")
     _check_finite(episode.discount, "discount")
     if not episode.is_first[0]:
@@ -76,6 +83,47 @@ def _check_features(features: Features, name: str, decode_images: bool) -> None:
                     raise err.at(step=i, field=fname) from None
         else:
             _check_finite(col, fname)
+
+
+_SPACE = "metadata.capabilities.action_space"
+
+
+def _check_action_space(action: Features, space: BoxSpace) -> None:
+    """Vector actions must have the declared shape and stay within the declared bounds (a
+    dict action has no one Box to compare with). The bounds are compared in the actions'
+    own dtype: a float32 action clipped to 0.1 is float32(0.1), above the float64 0.1."""
+    if isinstance(action, dict) or action.dtype.kind not in "fiu":
+        return
+    shape = list(action.shape[1:])
+    if space.shape is not None and space.shape != shape:
+        raise RLDSError(f"declares shape {space.shape}, the actions have shape {shape}", field=f"{_SPACE}.shape")
+    flat = action.reshape(len(action), -1)
+    dtype = flat.dtype if flat.dtype.kind == "f" else np.float64
+    low = _bound(space.low, flat.shape[1], -math.inf, "low").astype(dtype)
+    high = _bound(space.high, flat.shape[1], math.inf, "high").astype(dtype)
+    if (low > high).any():
+        i = int(np.flatnonzero(low > high)[0])
+        raise RLDSError(f"low {low[i]} is above high {high[i]} at index {i}", field=_SPACE)
+    for name, outside, bound in (("low", flat < low, low), ("high", flat > high, high)):
+        if outside.any():
+            step, i = (int(x) for x in np.argwhere(outside)[0])
+            raise RLDSError(
+                f"value {flat[step, i]} at index {i} is {'below' if name == 'low' else 'above'} the declared "
+                f"{name} {bound[i]} ({_SPACE}.{name})",
+                step=step,
+                field="action",
+            )
+
+
+def _bound(value: float | list[float | None] | None, size: int, unbounded: float, name: str) -> np.ndarray:
+    """A declared bound as one float per action element (``null``: unbounded)."""
+    values = value if isinstance(value, list) else [value] * size
+    if len(values) != size:
+        raise RLDSError(f"declares {len(values)} values for an action of {size}", field=f"{_SPACE}.{name}")
+    out = np.array([unbounded if v is None else v for v in values], dtype=np.float64)
+    if np.isnan(out).any():
+        raise RLDSError("a bound is NaN", field=f"{_SPACE}.{name}")
+    return out
 
 
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8", b"BM", b"RIFF")
@@ -133,7 +181,7 @@ def validate_path(
     """Check every episode under ``path``; optionally quarantine the bad ones."""
     report = ValidationReport()
     pending: list[tuple[EpisodeResult, RLDSError]] = []
-    for result in scan_episodes(path, validate=False, **options):
+    for result in _scan_for_report(path, validate=False, **options):
         error = result.error
         if error is None:
             assert result.episode is not None
@@ -166,10 +214,15 @@ def quarantine(result: EpisodeResult, error: RLDSError, qdir: Path) -> Path:
     next to them. A record inside a TFRecord shard cannot be moved without rewriting the
     shard (which could lose the good records if interrupted): its raw bytes are copied to
     ``<shard>.record-<n>.tfrecord`` and the shard is left in place; the readers skip the bad
-    record on every read anyway.
+    record on every read anyway. A problem with no bytes to keep (records missing from a
+    shard, a damaged record, nothing found at all) gets its ``reason.txt`` alone.
     """
     qdir.mkdir(parents=True, exist_ok=True)
     reason = f"{error}\n"
+    if not result.movable and result.raw is None:
+        reason_file = _unique(qdir / f"{result.key.replace('#', '.record-')}.reason.txt")
+        reason_file.write_text(reason)
+        return reason_file
     if result.movable:
         dest = _unique(qdir / result.unit.name)
         shutil.move(str(result.unit), dest)
@@ -193,6 +246,36 @@ def _unique(path: Path) -> Path:
         if not candidate.exists():
             return candidate
     raise RLDSError("quarantine is full of episodes with this name", file=str(path))
+
+
+def _scan_for_report(path: str | os.PathLike, split: str | None = None, **options) -> Iterator[EpisodeResult]:
+    """:func:`scan_episodes`, and an error when it finds nothing at all under ``path``."""
+    found = False
+    for result in scan_episodes(path, split, **options):
+        found = True
+        yield result
+    if not found:
+        root = Path(path)
+        err = RLDSError("no episodes found (no episode directory, .json/.jsonl file or TFDS dataset)", file=str(root))
+        yield EpisodeResult(key=root.name or str(root), unit=root, error=err, movable=False)
+
+
+def info_path(path: str | os.PathLike, split: str | None = None, **options) -> dict[str, Any]:
+    """``rlds info``: :func:`summarize` of the good episodes, with the bad ones' errors."""
+    errors: list[str] = []
+
+    def good() -> Iterator[Episode]:
+        for result in _scan_for_report(path, split, **options):
+            if result.error is not None:
+                errors.append(str(result.error))
+            else:
+                assert result.episode is not None
+                yield result.episode
+
+    info = summarize(good())
+    info["episodes_bad"] = len(errors)
+    info["errors"] = errors
+    return info
 
 
 def summarize(episodes: Iterable[Episode]) -> dict[str, Any]:
