@@ -45,25 +45,21 @@ def cmd_rlds_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_rlds_info(args: argparse.Namespace) -> int:
-    from continuonbrain.rlds.reader import read_episodes
-    from continuonbrain.rlds.validate import summarize
+    from continuonbrain.rlds.validate import info_path
 
-    errors: list[str] = []
-    info = summarize(read_episodes(args.path, args.split, on_error=lambda e: errors.append(str(e))))
-    info["episodes_bad"] = len(errors)
-    info["errors"] = errors
+    info = info_path(args.path, args.split)
     if args.json:
         _print_json(info)
-        return 0
-    print(f"{args.path}")
-    print(f"  episodes: {info['episodes']} ok, {len(errors)} bad; steps: {info['steps']}")
-    print(f"  duration: {info['duration_s']:.1f} s at {info['control_hz']} Hz")
-    print(f"  observation: {json.dumps(info['observation'])}")
-    print(f"  action: {json.dumps(info['action'])}")
-    print(f"  origins: {info['origins']}; imagined episodes: {info['imagined_episodes']}")
-    for e in errors:
-        print(f"  BAD {e}")
-    return 0
+    else:
+        print(f"{args.path}")
+        print(f"  episodes: {info['episodes']} ok, {info['episodes_bad']} bad; steps: {info['steps']}")
+        print(f"  duration: {info['duration_s']:.1f} s at {info['control_hz']} Hz")
+        print(f"  observation: {json.dumps(info['observation'])}")
+        print(f"  action: {json.dumps(info['action'])}")
+        print(f"  origins: {info['origins']}; imagined episodes: {info['imagined_episodes']}")
+        for e in info["errors"]:
+            print(f"  BAD {e}")
+    return 1 if info["errors"] else 0
 
 
 def cmd_rlds_convert(args: argparse.Namespace) -> int:
@@ -176,13 +172,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name, c in summary["components"].items():
         print(
             f"  {name:<10} steps {c['steps']:>5}  loss {c.get('initial_loss', float('nan')):.4f} -> "
-    unfinished = [name for name, c in summary["components"].items() if c.get("status") != "done"]
-    if unfinished:
-        print(f"interrupted in {unfinished[0]}: `--resume` with the same run dir trains on from its checkpoint")
             f"{c.get('final_loss', float('nan')):.4f}  {c['wall_time_s']:.1f} s  peak RSS {c['peak_rss_mb']:.0f} MB  "
             f"stop: {c['stop_reason']}"
         )
     print(f"candidate: {Path(summary['model_root']) / 'candidate'}")
+    unfinished = [name for name, c in summary["components"].items() if c.get("status") != "done"]
+    if unfinished:
+        print(f"interrupted in {unfinished[0]}: `--resume` with the same run dir trains on from its checkpoint")
     return 0
 
 
