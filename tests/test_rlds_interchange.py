@@ -118,8 +118,13 @@ def test_continuon_writer_keeps_both_when_a_name_is_taken_and_says_so(tmp_path: 
     assert [p.name for p in again] == ["a-1", "a-2"]
     assert again.kept_both == [(tmp_path / "a", tmp_path / "a-1"), (tmp_path / "a", tmp_path / "a-2")]
     assert "kept it and wrote the new episode" in caplog.text
-    lengths = {r.unit.name: len(r.episode) for r in scan_episodes(tmp_path, validate=False)}
-    assert lengths == {"a": 5, "a-1": 7, "a-2": 9}  # nothing was lost
+    # Nothing was lost: every episode is on disk as written ...
+    assert {p.name: len(next(read_episodes(p))) for p in tmp_path.iterdir()} == {"a": 5, "a-1": 7, "a-2": 9}
+    # ... and a scan of the tree says that the copies repeat an id, naming both places.
+    bad = {r.unit.name: str(r.error) for r in scan_episodes(tmp_path) if not r.ok}
+    assert set(bad) == {"a-1", "a-2"} and all(
+        "duplicate episode id" in e and str(tmp_path / "a") in e for e in bad.values()
+    )
     # overwrite=True replaces what was there before the call, and says so.
     replaced = write_episodes([make_episode(episode_id="a", n=3)], tmp_path, overwrite=True)
     assert replaced.replaced == [str(tmp_path / "a")] and len(next(read_episodes(tmp_path / "a"))) == 3
