@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import make_episode, make_image_episode
 
-from continuonbrain.rlds import read_episodes, scan_episodes, tfds, write_episodes
+from continuonbrain.rlds import RLDSError, read_episodes, scan_episodes, tfds, write_episodes
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -220,3 +220,14 @@ def test_dart_executed_action_is_stored_as_numbers(tmp_path: Path) -> None:
     assert isinstance(executed, list) and len(executed) == 2 and all(isinstance(x, float) for x in executed)
     (cont,), (tf,) = read_episodes(tmp_path / "c"), read_episodes(tmp_path / "t")
     assert cont.step_metadata == tf.step_metadata and cont.step_metadata[0]["executed_action"] == executed
+
+
+def test_an_image_blob_that_is_a_fifo_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    write_episodes([make_image_episode(n=2)], tmp_path)
+    (ep,) = read_episodes(tmp_path, validate=False)
+    image = ep.observation["camera"][0]
+    image.path.unlink()
+    os.mkfifo(image.path)  # opening it for reading would block forever
+    with pytest.raises(RLDSError, match="image blob cannot be read") as info:
+        np.asarray(image)
+    assert str(image.path) in str(info.value)

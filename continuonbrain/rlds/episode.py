@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from continuonbrain.rlds.errors import RLDSError
+from continuonbrain.rlds.limits import Limits
 
 #: The control rate assumed when neither the step timestamps nor ``control_hz`` in the
 #: episode metadata say otherwise (the built-in simulators and the Pi logger run at 50 Hz).
@@ -65,9 +66,10 @@ class LazyImage:
             return self._data
         assert self._path is not None
         try:
-            return self._path.read_bytes()
-        except OSError as exc:
-            raise RLDSError(f"image blob cannot be read: {exc.strerror or exc}", file=str(self._path)) from None
+            # Guarded like every read: a FIFO or device as a blob must not block, a huge one not fill memory.
+            return Limits().read(self._path)
+        except RLDSError as err:
+            raise RLDSError(f"image blob cannot be read: {err.message}", file=str(self._path)) from None
 
     def decode(self) -> np.ndarray:
         """Pixels as ``uint8 [H, W, C]``; raises :class:`RLDSError` when they do not decode."""
