@@ -7,6 +7,7 @@ The layout is recognised from what ``path`` is:
 * a single ``.jsonl`` file (one step per line),
 * a TFDS version directory (``dataset_info.json`` + ``features.json`` + shards),
 * a TFRecord shard (TFDS episode-per-Example, or the older step-per-Example layout),
+* a Donkeycar tub v2 directory (``manifest.json`` + ``catalog_N.catalog`` + ``images/``),
 * any directory above those, walked in sorted order (for TFDS dataset directories that hold
   several versions, only the newest version is read).
 
@@ -177,6 +178,11 @@ def _scan(path: Path, split: str | None, options: dict, visited: set[tuple[int, 
     if layout == "tfds":
         yield from tfds.scan_tfds_dir(path, split=split, **_pick(options, tfds.TFRECORD_OPTIONS))
         return
+    if layout == "tub":
+        from continuonbrain.rlds import tub
+
+        yield from tub.scan_tub_dir(path, **_pick(options, tub.OPTIONS))
+        return
     children = _children(path)
     versions = [c for c in children if c.is_dir() and _is_tfds_version(c)]
     if len(versions) > 1:
@@ -207,7 +213,7 @@ def _first_visit(path: Path, visited: set[tuple[int, int]]) -> bool:
     return True
 
 
-def dir_layout(path: Path) -> Literal["continuon", "tfds"] | None:
+def dir_layout(path: Path) -> Literal["continuon", "tfds", "tub"] | None:
     """Which layout the directory ``path`` itself is, or ``None`` for a plain folder.
 
     TFDS's own builders write a ``metadata.json`` into the version directory when the builder
@@ -215,9 +221,11 @@ def dir_layout(path: Path) -> Literal["continuon", "tfds"] | None:
     directory. ``dataset_info.json`` *and* ``features.json`` are what only TFDS writes, so
     they win; a directory with one TFDS marker and shards that also looks like a Continuon
     episode is ambiguous, and reading it either way could silently misread it, so that is an
-    error naming both layouts.
+    error naming both layouts. A Donkeycar tub (``manifest.json`` whose first line lists the
+    inputs, beside ``catalog_N.catalog`` files) that also looks like one of the others is
+    ambiguous too.
     """
-    from continuonbrain.rlds import continuon, tfds
+    from continuonbrain.rlds import continuon, tfds, tub
 
     if (path / "dataset_info.json").is_file() and (path / "features.json").is_file():
         return "tfds"
@@ -229,6 +237,16 @@ def dir_layout(path: Path) -> Literal["continuon", "tfds"] | None:
             "directory needs both dataset_info.json and features.json",
             file=str(path),
         )
+    if tub.is_tub_dir(path):
+        if is_tfds or is_continuon:
+            other = "a TFDS version directory (TFDS marker file and shards)"
+            if not is_tfds:
+                other = "a Continuon episode directory (metadata.json or steps/)"
+            raise RLDSError(
+                f"directory matches two layouts: a Donkeycar tub (manifest.json listing the inputs) and {other}",
+                file=str(path),
+            )
+        return "tub"
     if is_tfds:
         return "tfds"
     return "continuon" if is_continuon else None

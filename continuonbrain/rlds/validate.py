@@ -215,8 +215,14 @@ def quarantine(result: EpisodeResult, error: RLDSError, qdir: Path) -> Path:
     shard (which could lose the good records if interrupted): its raw bytes are copied to
     ``<shard>.record-<n>.tfrecord`` and the shard is left in place; the readers skip the bad
     record on every read anyway. A problem with no bytes to keep (records missing from a
-    shard, a damaged record, nothing found at all) gets its ``reason.txt`` alone.
+    shard, a damaged record, nothing found at all) gets its ``reason.txt`` alone. An episode
+    of a Donkeycar tub is not moved either: its records are marked deleted in the tub's
+    manifest (reversible; see :func:`continuonbrain.rlds.tub.quarantine_run`).
     """
+    from continuonbrain.rlds.tub import TubRun, quarantine_run
+
+    if isinstance(result, TubRun):  # records of a Donkeycar tub: marked deleted, as Donkeycar's cleaners do
+        return quarantine_run(result, error, qdir)
     qdir.mkdir(parents=True, exist_ok=True)
     reason = f"{error}\n"
     if not result.movable and result.raw is None:

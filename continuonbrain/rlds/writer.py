@@ -1,4 +1,4 @@
-"""``write_episodes``: one call for both on-disk layouts the project writes."""
+"""``write_episodes``: one call for every on-disk layout the project writes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from continuonbrain.rlds.written import WrittenEpisodes
 def write_episodes(
     episodes: Iterable[Episode],
     out: str | os.PathLike,
-    format: Literal["continuon", "tfds"] = "continuon",
+    format: Literal["continuon", "tfds", "tub"] = "continuon",
     **options,
 ) -> WrittenEpisodes:
     """Write ``episodes`` under ``out``; returns the paths written with the episodes per split.
@@ -24,9 +24,13 @@ def write_episodes(
     a ``split``. ``tfds``: a TFDS RLDS dataset ``<out>/<name>/<version>/`` (``options``:
     ``name``, ``version``, ``split`` for episodes without one, ``episodes_per_shard``) that
     ``tensorflow_datasets.builder_from_directory`` loads, one split per episode split.
-    Neither overwrites an existing episode or split silently (``overwrite=True`` replaces
-    them, and says so in the result). Episodes are consumed one at a time, so a generator
-    streams with bounded memory.
+    ``tub``: a Donkeycar tub v2 (``<out>/``, or ``<out>/<split>/`` per split) that
+    ``donkeycar.parts.tub_v2.Tub`` opens, one session per episode (``options``: ``split``,
+    ``action_keys``, ``max_catalog_len``); episodes need an image observation and a
+    two-number action (see :func:`continuonbrain.rlds.tub.write_tub`). None overwrites an
+    existing episode, split or tub silently (``overwrite=True`` replaces them, and says so in
+    the result). Episodes are consumed one at a time, so a generator streams with bounded
+    memory.
     """
     if format == "continuon":
         from continuonbrain.rlds.continuon import write_continuon
@@ -36,13 +40,17 @@ def write_episodes(
         from continuonbrain.rlds.tfds import write_tfds
 
         return write_tfds(episodes, Path(out), **options)
-    raise ValueError(f"unknown RLDS format {format!r} (expected 'continuon' or 'tfds')")
+    if format == "tub":
+        from continuonbrain.rlds.tub import write_tub
+
+        return write_tub(episodes, Path(out), **options)
+    raise ValueError(f"unknown RLDS format {format!r} (expected 'continuon', 'tfds' or 'tub')")
 
 
 def convert(
     src: str | os.PathLike,
     dst: str | os.PathLike,
-    format: Literal["continuon", "tfds"],
+    format: Literal["continuon", "tfds", "tub"],
     *,
     for_upload: bool = False,
     **options,
