@@ -94,7 +94,8 @@ def test_bad_observations_are_refused_without_touching_the_session(store_root: P
 
 
 def test_sessions_expire_and_are_capped(store_root: Path) -> None:
-    with BrainService(store_root, session_ttl_s=0.2, max_sessions=2) as service:
+    # session_active_s=0: no session counts as in active use, so the cap evicts by least-recent use.
+    with BrainService(store_root, session_ttl_s=0.2, max_sessions=2, session_active_s=0) as service:
         assert service.act(OBS, "a").fresh_state
         assert not service.act(OBS, "a").fresh_state
         time.sleep(0.3)

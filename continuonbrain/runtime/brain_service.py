@@ -30,12 +30,32 @@ How it is built, and why:
   seed). :meth:`reload` does the same check at once, for the API right after a promotion.
   The watcher does not retry a refused link on its own (re-hashing a corrupt version every
   20 ms would be a busy loop); a new promotion, a rollback or an explicit :meth:`reload`
-  does.
+  does. The link must lead to a directory inside the model root; anything else is refused.
+* **Fallback.** When nothing is loaded and ``current`` cannot be served (refused, a dangling
+  link, removed), the newest ``history/`` version that verifies and passes the smoke act is
+  served instead, loudly: an error in the log, ``fallback`` in :meth:`status` (shown by
+  ``/api/status`` and the Robot Editor) and a ``fallback`` line in ``audit.jsonl``. A robot
+  with a damaged ``current`` and good versions in history keeps driving; the store itself is
+  not changed (an operator decides: ``models rollback``). The next good ``current`` ends it.
+* **Integrity of what is served.** Every ``reverify_interval_s`` the watcher compares size and
+  mtime of the served files with those seen when they were verified (a few ``stat`` calls);
+  when they differ it hashes them again. Files changed on disk under a running server (bit
+  rot, a careless copy) do not change the brain in memory, which keeps serving, but they would
+  be refused at the next start: :meth:`status` reports ``integrity`` not ok, the log says so
+  and ``audit.jsonl`` gets a ``corrupted`` line, once per finding.
+* **Leases.** A service on ``current`` records the version it has loaded in
+  ``<model_root>/.serving/`` so that the store never deletes it (history trimming, duplicate
+  removal) while it runs.
 * **Sessions.** Each session id is one control stream with its own recurrent state: a
   :meth:`HopeBrain.fork` of the loaded brain (shared, read-only weights and numpy export,
   private state). ``session_id=None`` means the ``"default"`` session: a robot with one
   control loop needs no ids. Sessions expire after ``session_ttl_s`` without a call and are
-  capped at ``max_sessions`` by least-recent use, so forgotten clients cannot grow memory.
+  capped at ``max_sessions``, so forgotten clients cannot grow memory. A session called within
+  the last ``session_active_s`` is *in active use* (a control loop at 10-100 Hz always is) and
+  is never evicted: a new session id that finds the table full evicts the least recently used
+  idle session, and when every session is in active use it is refused
+  (:class:`SessionLimitError`, 429 in the API) rather than resetting a running robot's state.
+  Evictions and refusals are counted and the newest ones listed in :meth:`status`.
   **A new model version resets every session's state** (lazily, at the session's next call):
   a recurrent state is a point in one model's hidden space and means nothing to another.
   :attr:`ActResult.fresh_state` tells the caller when its state started over.
@@ -56,7 +76,8 @@ import math
 import os
 import threading
 import time
-from collections import OrderedDict
+import uuid
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -66,9 +87,9 @@ from typing import Any
 import numpy as np
 
 from continuonbrain.hope import HopeBrain
-from continuonbrain.trainer.store import ModelStore
+from continuonbrain.trainer.store import ModelStore, StoreError
 
-__all__ = ["DEFAULT_SESSION", "ActResult", "BrainService", "NoModelError"]
+__all__ = ["DEFAULT_SESSION", "ActResult", "BrainService", "NoModelError", "SessionLimitError"]
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +101,16 @@ MAX_SESSION_ID_LEN = 128
 MAX_LOAD_ATTEMPTS = 5
 #: Refused versions remembered in :meth:`BrainService.status` (the newest ones).
 MAX_REFUSED = 20
+#: Session evictions listed in :meth:`BrainService.status` (the newest ones).
+MAX_EVICTIONS_SHOWN = 20
 
 
 class NoModelError(RuntimeError):
     """No brain is loaded: the store has no (good) current version yet. The API answers 503."""
+
+
+class SessionLimitError(RuntimeError):
+    """A new session id found every session slot in active use. The API answers 429."""
 
 
 @dataclass(slots=True)
@@ -116,6 +143,9 @@ class _Loaded:
     load_ms: float
     obs_shape: tuple[int, ...] = field(default=())
     dict_obs: bool = False  # the model expects dict observations (state keys and/or cameras)
+    #: ``{name: (size, mtime_ns)}`` of the directory's entries, taken just before verifying it.
+    signature: dict[str, tuple[int, int]] = field(default_factory=dict)
+    fallback: bool = False  # served from history because current could not be
 
 
 class _Session:
@@ -143,6 +173,12 @@ class BrainService:
     leaves them alone). One by default: a served brain computes a batch of one, where extra
     threads only add wake-ups, and on a loaded 2-core board their barriers wait for a
     scheduler slice (measured: p99 of ``/api/infer`` 31 ms with torch's default of 2 threads).
+    ``session_active_s``: a session called within this long is in active use and never
+    evicted (0: plain least-recent-use eviction).
+    ``fallback``: serve the newest good history version when ``current`` cannot be served
+    (None: only when serving ``current``; an evaluation of a named slot must never score a
+    different model).
+    ``reverify_interval_s``: how often the watcher checks the served files on disk.
     """
 
     def __init__(
@@ -155,6 +191,9 @@ class BrainService:
         backend: str = "numpy",
         slot: str = "current",
         torch_threads: int | None = 1,
+        session_active_s: float = 1.0,
+        fallback: bool | None = None,
+        reverify_interval_s: float = 1.0,
     ):
         if slot not in ("current", "candidate"):
             raise ValueError(f"slot must be 'current' or 'candidate', got {slot!r}")
@@ -166,6 +205,10 @@ class BrainService:
             raise ValueError(f"max_sessions must be >= 1, got {max_sessions!r}")
         if not watch_interval_s > 0:
             raise ValueError(f"watch_interval_s must be > 0, got {watch_interval_s!r}")
+        if not (session_active_s >= 0 and math.isfinite(session_active_s)):
+            raise ValueError(f"session_active_s must be a number >= 0, got {session_active_s!r}")
+        if not reverify_interval_s > 0:
+            raise ValueError(f"reverify_interval_s must be > 0, got {reverify_interval_s!r}")
         self.model_root = Path(model_root)
         self.session_ttl_s = float(session_ttl_s)
         self.max_sessions = int(max_sessions)
@@ -173,7 +216,15 @@ class BrainService:
         self.backend = backend
         self.slot = slot
         self.torch_threads = torch_threads
+        self.session_active_s = float(session_active_s)
+        self.fallback_enabled = (slot == "current") if fallback is None else bool(fallback)
+        self.reverify_interval_s = float(reverify_interval_s)
         self._store = ModelStore(self.model_root)
+        self._lease_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._fallback: dict[str, Any] | None = None  # why and what, while serving from history
+        self._integrity: dict[str, Any] = {"ok": True, "checked_at": None, "reason": None}
+        self._integrity_reported: set[tuple[str, str]] = set()
+        self._verified: tuple[str, dict[str, tuple[int, int]]] | None = None  # (version, signature) last verified
         self._loaded: _Loaded | None = None  # replaced whole, never mutated
         self._load_lock = threading.Lock()  # serialises loads (watcher vs reload); act never takes it
         self._seen_link: str | None = None  # the link last handled (loaded or refused)
@@ -183,6 +234,8 @@ class BrainService:
         self._sessions_lock = threading.Lock()  # the session table only: a lookup, never inference
         self._expired = 0
         self._evicted = 0
+        self._sessions_refused = 0
+        self._evictions: deque[dict[str, Any]] = deque(maxlen=MAX_EVICTIONS_SHOWN)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._watch_errors = 0
@@ -199,6 +252,7 @@ class BrainService:
 
             torch.set_num_threads(self.torch_threads)
         self._check(retry_refused=True)
+        self._fall_back_if_nothing_served("at start")
         self._watcher = threading.Thread(target=self._watch, name="brain-service-watcher", daemon=True)
         self._watcher.start()
 
@@ -208,6 +262,7 @@ class BrainService:
         if self._watcher is not None:
             self._watcher.join(timeout=max(5.0, 10 * self.watch_interval_s))
             self._watcher = None
+        self._store.drop_lease(self._lease_id)
 
     def __enter__(self) -> BrainService:
         self.start()
@@ -278,15 +333,40 @@ class BrainService:
                 session = None
             if session is None:
                 self._drop_expired(now)
+                if len(sessions) >= self.max_sessions:
+                    self._make_room(now)
                 session = _Session(sid, now)
                 sessions[sid] = session
-                while len(sessions) > self.max_sessions:
-                    sessions.popitem(last=False)
-                    self._evicted += 1
             else:
                 sessions.move_to_end(sid)
                 session.last_used = now
             return session
+
+    def _make_room(self, now: float) -> None:
+        """Evict least recently used sessions until one slot is free, but only idle ones: the
+        table is in last-use order, so when its oldest session is in active use, all are, and
+        the new session is refused instead. Callers hold ``_sessions_lock``."""
+        sessions = self._sessions
+        while len(sessions) >= self.max_sessions:
+            oldest = next(iter(sessions.values()))
+            idle = now - oldest.last_used
+            if idle < self.session_active_s:
+                self._sessions_refused += 1
+                raise SessionLimitError(
+                    f"all {self.max_sessions} sessions are in active use (each called within the last "
+                    f"{self.session_active_s:g} s): a new session id is refused rather than resetting a running "
+                    "control loop; retry later or reuse a session id"
+                )
+            sessions.popitem(last=False)
+            self._evicted += 1
+            self._evictions.append(
+                {
+                    "session_id": oldest.session_id,
+                    "idle_s": round(idle, 3),
+                    "ticks": oldest.ticks,
+                    "time": _iso(time.time()),
+                }
+            )
 
     def _drop_expired(self, now: float) -> None:
         """Remove expired sessions (the table is in last-use order, so they are at its front).
@@ -314,11 +394,13 @@ class BrainService:
         version refused before (an operator's "try again").
         """
         self._check(retry_refused=True)
+        self._fall_back_if_nothing_served("on reload")
         return self.version
 
     def _watch(self) -> None:
-        """Poll the ``current`` link (cheap) and load when it changes; never dies."""
-        last_purge = time.monotonic()
+        """Poll the ``current`` link (cheap) and load when it changes; re-check the served files
+        every ``reverify_interval_s``; never dies."""
+        last_purge = last_verify = time.monotonic()
         while not self._stop.wait(self.watch_interval_s):
             try:
                 self._check(retry_refused=False)
@@ -327,6 +409,9 @@ class BrainService:
                     last_purge = now
                     with self._sessions_lock:
                         self._drop_expired(time.perf_counter())
+                if now - last_verify >= self.reverify_interval_s:
+                    last_verify = now
+                    self._check_integrity()
             except Exception:  # a watcher that dies would silently stop all hot swaps
                 self._watch_errors += 1
                 log.exception("brain service watcher: unexpected error (continuing)")
@@ -381,26 +466,42 @@ class BrainService:
                     if self._read_link() != link:
                         log.info("current moved on while loading %s (%s); retrying", target.name, exc)
                         continue
-                    self._refuse(target, link, exc)
+                    reason = self._refuse(target, link, exc)
+                    self._fall_back_locked(f"current ({link}) was refused: {reason}")
                     return
                 self._seen_link = link
                 self._refused.pop(new.version, None)
-                previous = self._loaded
-                self._loaded = new  # the swap: one reference assignment
-                self._swaps += 1
-                self._release_idle_sessions(new)
-                log.info(
-                    "serving %s (was %s; verified and loaded in %.1f ms)",
-                    new.version,
-                    previous.version if previous else None,
-                    new.load_ms,
-                )
+                self._publish(new)
                 return
             log.warning("current kept moving during %d load attempts; will try again", MAX_LOAD_ATTEMPTS)
 
-    def _load(self, directory: Path, link: str) -> _Loaded:
+    def _publish(self, new: _Loaded) -> None:
+        """Serve ``new`` from now on (callers hold the load lock): one reference assignment."""
+        previous = self._loaded
+        self._loaded = new  # the swap
+        self._swaps += 1
+        self._verified = (new.version, new.signature)
+        self._integrity = {"ok": True, "version": new.version, "checked_at": _iso(time.time()), "reason": None}
+        self._release_idle_sessions(new)
+        if self.slot == "current":
+            self._store.write_lease(self._lease_id, new.version, new.directory)
+        if not new.fallback and self._fallback is not None:
+            log.warning(
+                "fallback over: serving current %s (was history version %s)", new.version, self._fallback["version"]
+            )
+            self._fallback = None
+        log.info(
+            "serving %s (was %s; verified and loaded in %.1f ms)",
+            new.version,
+            previous.version if previous else None,
+            new.load_ms,
+        )
+
+    def _load(self, directory: Path, link: str, fallback: bool = False) -> _Loaded:
         """Verify, load and smoke-test one slot directory; raise on anything wrong."""
         t0 = time.perf_counter()
+        directory = self._store.check_inside(directory, what=link)  # a link out of the store is refused
+        signature = self._store.file_signature(directory)  # before hashing: a later change shows
         manifest = self._store.verify(directory)  # sha256 of every file first: nothing unverified is read
         version = str(manifest.get("version") or directory.name)
         brain = HopeBrain.load(directory, backend=self.backend)  # type: ignore[arg-type]
@@ -423,7 +524,123 @@ class BrainService:
             load_ms=(time.perf_counter() - t0) * 1e3,
             obs_shape=(cfg.obs_dim,),
             dict_obs=dict_obs,
+            signature=signature,
+            fallback=fallback,
         )
+
+    # -- fallback and integrity ----------------------------------------------------------
+
+    def _fall_back_if_nothing_served(self, when: str) -> None:
+        if self.fallback_enabled and self._loaded is None:
+            with self._load_lock:
+                link = self._read_link()
+                why = f"{self.slot} does not exist" if link is None else self._no_model_reason()
+                self._fall_back_locked(f"{why} ({when})")
+
+    def _fall_back_locked(self, why: str) -> None:
+        """Nothing is served and ``current`` cannot be: serve the newest history version that
+        verifies and passes the smoke act, and say so everywhere (callers hold the load lock)."""
+        if not self.fallback_enabled or self._loaded is not None:
+            return
+        skipped: list[str] = []
+        try:
+            history = self._store.history()
+        except OSError as exc:
+            log.error("nothing to serve (%s), and history cannot be read: %s", why, exc)
+            return
+        for manifest in history:
+            version = str(manifest.get("version"))
+            directory = self._store.history_dir() / version
+            try:
+                new = self._load(directory, f"history/{version}", fallback=True)
+            except Exception as exc:
+                skipped.append(f"{version}: {type(exc).__name__}: {exc}")
+                continue
+            self._fallback = {
+                "active": True,
+                "version": version,
+                "directory": str(directory),
+                "reason": why,
+                "since": _iso(time.time()),
+                "skipped": skipped,
+            }
+            self._publish(new)
+            log.error(
+                "FALLBACK: %s; serving history version %s instead. The store is unchanged: "
+                "roll back or promote a good version to end this.",
+                why,
+                version,
+            )
+            record = {"decision": "fallback", "version": version, "reason": why, "skipped": skipped, "pid": os.getpid()}
+            try:
+                self._store.append_audit(record)
+            except OSError as exc:
+                log.error("cannot write the fallback's audit line: %s", exc)
+            return
+        if history:
+            log.error("nothing to serve: %s, and no history version verifies (%s)", why, "; ".join(skipped))
+
+    def _check_integrity(self) -> None:
+        """Compare the served files on disk with what was verified: ``stat`` first, and the
+        sha256 of every file only when a size or mtime changed."""
+        loaded = self._loaded
+        if loaded is None:
+            return
+        directory = self._locate(loaded)
+        if directory is None:
+            self._report_integrity(
+                loaded, f"the served files are gone from the store (they were in {loaded.directory})"
+            )
+            return
+        signature = self._store.file_signature(directory)
+        if self._verified == (loaded.version, signature):
+            self._integrity["checked_at"] = _iso(time.time())
+            return
+        try:
+            manifest = self._store.verify(directory)
+            if manifest.get("files") != loaded.manifest.get("files"):
+                raise StoreError(f"{directory}: the manifest's files differ from those loaded and served")
+        except (StoreError, OSError) as exc:
+            self._verified = (loaded.version, signature)  # hash again only after the next change
+            self._report_integrity(loaded, str(exc))
+            return
+        self._verified = (loaded.version, signature)
+        if not self._integrity.get("ok"):
+            log.warning("served version %s: the files on disk verify again (%s)", loaded.version, directory)
+        self._integrity = {"ok": True, "version": loaded.version, "checked_at": _iso(time.time()), "reason": None}
+
+    def _locate(self, loaded: _Loaded) -> Path | None:
+        """Where the served version's files are now: a promotion moves ``.slots/<v>`` to
+        ``history/<v>`` (and a rollback back) while the old brain may still be served."""
+        root = self.model_root
+        for place in (Path(loaded.directory), root / ".slots" / loaded.version, root / "history" / loaded.version):
+            try:
+                manifest = self._store.manifest(place)
+            except StoreError:
+                manifest = {"version": loaded.version}  # unreadable here: this is the place, and it is damaged
+            if manifest is not None and str(manifest.get("version")) == loaded.version:
+                return place
+        return None
+
+    def _report_integrity(self, loaded: _Loaded, reason: str) -> None:
+        now = _iso(time.time())
+        self._integrity = {"ok": False, "version": loaded.version, "checked_at": now, "reason": reason}
+        key = (loaded.version, reason)
+        if key in self._integrity_reported:
+            return
+        self._integrity_reported.add(key)
+        log.error(
+            "served version %s is damaged on disk: %s. The copy verified at load time keeps serving from memory; "
+            "a restart would refuse these files.",
+            loaded.version,
+            reason,
+        )
+        try:
+            self._store.append_audit(
+                {"decision": "corrupted", "version": loaded.version, "reason": reason, "pid": os.getpid()}
+            )
+        except OSError as exc:
+            log.error("cannot write the audit line: %s", exc)
 
     def _release_idle_sessions(self, new: _Loaded) -> None:
         """Drop idle sessions' forks of older versions now, so the old weights can be freed
@@ -439,7 +656,8 @@ class BrainService:
                 finally:
                     session.lock.release()
 
-    def _refuse(self, directory: Path, link: str, exc: BaseException) -> None:
+    def _refuse(self, directory: Path, link: str, exc: BaseException) -> str:
+        """Remember and log a version that will not be served; returns the reason."""
         version = directory.name
         reason = f"{type(exc).__name__}: {exc}"
         serving = self.version
@@ -455,6 +673,7 @@ class BrainService:
         }
         while len(self._refused) > MAX_REFUSED:
             self._refused.popitem(last=False)
+        return reason
 
     def _no_model_reason(self) -> str:
         if self._refused:
@@ -476,6 +695,10 @@ class BrainService:
                 "ttl_s": self.session_ttl_s,
                 "expired": self._expired,
                 "evicted": self._evicted,
+                "active_s": self.session_active_s,
+                "in_active_use": sum(1 for s in live if now - s.last_used < self.session_active_s),
+                "refused_new": self._sessions_refused,
+                "recent_evictions": list(self._evictions),
                 "ids": [s.session_id for s in live][-self.max_sessions :],
             }
         link = self._read_link()
@@ -498,6 +721,8 @@ class BrainService:
             "watching": self._watcher is not None and self._watcher.is_alive(),
             "watch_interval_s": self.watch_interval_s,
             "watch_errors": self._watch_errors,
+            "fallback": dict(self._fallback) if self._fallback else None,
+            "integrity": dict(self._integrity),
         }
         if loaded is not None:
             cfg = loaded.brain.config

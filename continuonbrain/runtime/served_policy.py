@@ -82,7 +82,8 @@ def evaluate_served(
     root = Path(model_root)
     if not root.is_dir():
         raise NoModelError(f"no model store at {root} (not a directory)")
-    service = BrainService(root, slot=slot)
+    # fallback=False: an evaluation scores the slot it names, never a history version instead
+    service = BrainService(root, slot=slot, fallback=False)
     service.start()
     try:
         status = service.status()
