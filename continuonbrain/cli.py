@@ -278,6 +278,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 def _slot_line(name: str, m: dict | None) -> str:
     if not m:
         return f"  {name:<10} (empty)"
+    if m.get("broken"):
+        return f"  {name:<10} {m.get('version')}  BROKEN: {m.get('reason')}"
     comps = ",".join(m.get("components", []))
     return f"  {name:<10} {m['version']}  {m.get('kind', '?')}  [{comps}]  created {m.get('created', '?')}"
 
@@ -439,6 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; 0.0.0.0 exposes the robot)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--token-file", help="API token file (default <model-root>/api_token, made with mode 0600)")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name the API answers besides the bound address and localhost (repeatable; "
+        "with --host 0.0.0.0 and none given, any Host is answered)",
+    )
     p.add_argument("--rlds-dir", help="episodes the trainer sees (default: the served model's rlds_dir)")
     p.add_argument("--run-root", help="training job dirs (default <model-root>/../runs)")
     p.add_argument("--train-config", help="sequential training config (default pi5-hope-v1)")
@@ -471,16 +481,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import contextlib
 
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after its clean shutdown
-        serve(
-            args.model_root,
-            host=args.host,
-            port=args.port,
-            token_file=args.token_file,
-            sysfs_root=args.sysfs_root,
-            on_ready=ready,
-            **kwargs,
-        )
+    from continuonbrain.runtime.auth import TokenError
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after its clean shutdown
+            serve(
+                args.model_root,
+                host=args.host,
+                port=args.port,
+                token_file=args.token_file,
+                sysfs_root=args.sysfs_root,
+                on_ready=ready,
+                allowed_hosts=args.allow_host,
+                **kwargs,
+            )
+    except TokenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -298,6 +298,32 @@ def test_no_model_is_shown_clearly(page, servers) -> None:
     expect(page.get_by_test_id("episodes-totals")).to_contain_text("no episode directory")
 
 
+def test_a_fallback_and_a_damaged_slot_are_shown_loudly(page, servers, arm_seed, tmp_path: Path) -> None:
+    """A corrupted current at start: the page says in a banner that a history version is served
+    and why; a history slot with a garbage manifest is listed as damaged, with its reason."""
+    models = copy_store(arm_seed["models"], tmp_path / "models")
+    store = PromotionStore(models)
+    v1 = store.current_version()
+    v2 = make_variant(store, tmp_path, 0.97)
+    store.promote({"passed": True})
+    v3 = make_variant(store, tmp_path, 0.96)
+    store.promote({"passed": True})
+    weights = store.slot("current").resolve() / "fast_loop.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))  # v3, current, no longer matches its sha256
+    (models / "history" / v1 / "manifest.json").write_text("{ garbage")
+    s = servers(models, None)
+    page.goto(s["url"])
+    banner = page.get_by_test_id("status-fallback")
+    expect(banner).to_be_visible(timeout=SLOW)
+    expect(banner).to_contain_text("FALLBACK")
+    expect(banner).to_contain_text(v3)
+    expect(page.get_by_test_id("model-version")).to_have_text(v2)
+    expect(page.get_by_test_id("status-broken")).to_contain_text(v1)
+    expect(page.locator(f"#models-history tr[data-version='{v1}']")).to_contain_text("damaged")
+
+
 def test_bad_episode_is_shown_as_text_and_quarantined(page, seed_site) -> None:
     """An episode whose name is HTML shows its validation error as text (never markup), and the
     quarantine button (with the token) moves it aside with its reason."""

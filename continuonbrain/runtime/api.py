@@ -21,9 +21,18 @@ Decisions worth knowing:
   robot is teleoperated, its battery is low or it is too hot; ``"force": true`` overrides.
   The idle and new-episodes gates are shown but do not block a manual start: a person
   pressing "train" is the decision those gates make for unattended runs.
-* **Errors** are JSON: ``{"detail": ..., "message": "..."}``; 422 messages name the field
+* **Errors** are JSON: ``{"detail": ..., "message": "..."}``, every one of them, including
+  400s, 404s of the static files, an unexpected 500 and the answers the HTTP layer writes
+  itself (see :mod:`continuonbrain.runtime.limits`); 422 messages name the field
   (``observation: ...``). 503 while no model is loaded, 409 for conflicts (a job runs,
-  no candidate, a gate refuses), 401 without the token.
+  no candidate, a gate refuses), 401 without the token, 413 for a body over the limit, 429
+  when every session is in active use, 507 when the disk is full. OpenAPI documents them.
+* **Limits** (:mod:`continuonbrain.runtime.limits`): the ``Host`` header is checked against
+  the bound address (DNS rebinding), bodies are bounded before they are read, at most
+  ``max_sse_subscribers`` event streams run at once; ``serve()`` adds request deadlines and a
+  connection cap in the HTTP protocol. None of it costs ``/api/infer`` measurable time.
+* **A damaged store still has a status page.** ``/api/status`` and ``/api/models`` list a slot
+  whose manifest is garbage as ``"broken"`` with its reason instead of failing.
 * ``/api/infer`` runs on the event loop itself for vector observations (an act is tens of
   µs: a thread hop would cost more than the work) and in the thread pool for images.
 """
@@ -38,7 +47,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,8 +60,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from continuonbrain.runtime.api_models import (
+    ErrorResponse,
     InferRequest,
     InferResponse,
     RollbackRequest,
@@ -61,13 +72,21 @@ from continuonbrain.runtime.api_models import (
     TrainingRequest,
 )
 from continuonbrain.runtime.auth import bearer_matches, load_or_create_token
-from continuonbrain.runtime.brain_service import BrainService, NoModelError
+from continuonbrain.runtime.brain_service import BrainService, NoModelError, SessionLimitError
 from continuonbrain.runtime.episodes import EpisodeCatalog
 from continuonbrain.runtime.jobs import Budgets, JobError, JobManager
+from continuonbrain.runtime.limits import (
+    GuardCounters,
+    HostPolicy,
+    RequestGuard,
+    ServerLimits,
+    connection_stats,
+    http_protocol,
+)
 from continuonbrain.runtime.live_sim import LiveSims, SimNotFound
 from continuonbrain.trainer.budgets import read_temperature_c
 from continuonbrain.trainer.scheduler import DEFAULT_STATE_FILE, GatingConfig, evaluate_gates, read_sensors
-from continuonbrain.trainer.store import PromotionStore, StoreError
+from continuonbrain.trainer.store import PromotionStore, StorageError, StoreError, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +99,26 @@ DEFAULT_ADAPT_CONFIG = CONFIG_DIR / "sim-arm-lora.json"
 BLOCKING_GATES = ("teleop", "battery", "thermal")
 #: How often the SSE stream looks for new events (the trainer logs every few steps anyway).
 SSE_POLL_S = 0.1
+#: What each error status means, for OpenAPI (every error body is an ErrorResponse).
+ERROR_TEXT = {
+    400: "malformed request, or a Host header that is not this server's",
+    401: "missing or wrong token ('Authorization: Bearer <token>')",
+    404: "no such version or sim",
+    409: "conflict: a job runs, no candidate, a promotion in progress, a gate refuses",
+    413: "request body over the size limit",
+    422: "invalid input; the message names the field",
+    429: "every session is in active use: a new session id is refused (Retry-After)",
+    500: "unexpected server error",
+    503: "no model loaded, or too many event subscribers (Retry-After)",
+    507: "the disk is full; nothing half-written was left behind",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses: JSON ``ErrorResponse`` bodies (also on a
+    route whose success answer is another media type, such as the SSE stream)."""
+    json_body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    return {code: {"model": ErrorResponse, "description": ERROR_TEXT[code], "content": json_body} for code in codes}
 
 
 def create_app(
@@ -96,12 +135,20 @@ def create_app(
     robot_state_file: str | os.PathLike = DEFAULT_STATE_FILE,
     service: BrainService | None = None,
     watch_interval_s: float = 0.02,
+    limits: ServerLimits | None = None,
+    bind_host: str = "127.0.0.1",
+    allowed_hosts: Iterable[str] = (),
 ) -> FastAPI:
     """The app, ready for uvicorn. ``token`` None reads (or creates) ``token_file``, default
-    ``<model_root>/api_token``. ``rlds_dir`` None: the one recorded in the served model's
-    manifest, if any (training routes answer 409 without one). ``run_root``: job dirs,
-    default ``<model_root>/../runs``."""
+    ``<model_root>/api_token`` (:class:`~continuonbrain.runtime.auth.TokenError` if it cannot
+    be used). ``rlds_dir`` None: the one recorded in the served model's manifest, if any
+    (training routes answer 409 without one). ``run_root``: job dirs, default
+    ``<model_root>/../runs``. ``bind_host`` and ``allowed_hosts``: which ``Host`` headers are
+    answered (:class:`~continuonbrain.runtime.limits.HostPolicy`); ``limits``: body size and
+    subscriber caps (and, through :func:`server_config`, the HTTP layer's)."""
     model_root = Path(model_root)
+    limits = limits or ServerLimits()
+    hosts = HostPolicy(bind_host, allowed_hosts)
     model_root.mkdir(parents=True, exist_ok=True)
     if token is None:
         token = load_or_create_token(token_file or model_root / "api_token")
@@ -138,8 +185,12 @@ def create_app(
         summary="BrainService inference, the model store and on-robot training",
         version="1.0",
         lifespan=lifespan,
+        responses=_errors(400, 500),
     )
     app.state.service, app.state.jobs, app.state.store, app.state.sims = service, jobs, store, sims
+    app.state.limits, app.state.hosts = limits, hosts
+    counters = GuardCounters()
+    app.add_middleware(RequestGuard, limits=limits, hosts=hosts, counters=counters)
 
     def require_token(authorization: str | None = Header(default=None)) -> None:
         if not bearer_matches(authorization, token):
@@ -169,18 +220,27 @@ def create_app(
         detail = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
         return JSONResponse({"detail": detail, "message": "; ".join(parts)}, status_code=422)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's, Starlette's (404 of static files, 405) and the 413
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail
         message = detail if isinstance(detail, str) else (detail or {}).get("message", str(detail))
         return JSONResponse(
             {"detail": detail, "message": message}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
         )
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        """A bug or an I/O failure: still a JSON answer with the reason (the traceback goes to the log)."""
+        if isinstance(exc, OSError) and is_disk_full(exc):
+            message = f"the disk is full: {exc}"
+            return JSONResponse({"detail": message, "message": message}, status_code=507)
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        return JSONResponse({"detail": message, "message": message}, status_code=500)
+
     # -- status and inference -----------------------------------------------------------------
 
     @app.get("/api/status")
-    def status() -> dict[str, Any]:
+    def status(request: Request) -> dict[str, Any]:
         """Model version, slots, gates with live values, training state, memory and temperature."""
         served = service.status()
         info = store.describe(audit=1)
@@ -190,17 +250,29 @@ def create_app(
                 "current": _brief(info["current"]),
                 "candidate": _brief(info["candidate"]),
                 "history": [_brief(m) for m in info["history"]],
+                "broken": info["broken"],
             },
+            # Serving a history version because current could not be: shown loudly by the Robot Editor.
+            "fallback": served["fallback"],
+            "integrity": served["integrity"],
             "audit_last": info["audit"][-1] if info["audit"] else None,
             "gates": gates(),
             "training": jobs.status(curves=False),
             "service": served,
             "system": _system(sysfs_root),
             "rlds_dir": str(rlds_dir) if rlds_dir else None,
+            "limits": {
+                "max_body_bytes": limits.max_body_bytes,
+                "max_sse_subscribers": limits.max_sse_subscribers,
+                "sse_subscribers": counters.sse_subscribers,
+                "refused": dict(counters.refused),
+                "hosts": hosts.describe(),
+                "connections": connection_stats(request.scope.get("state")),
+            },
             "time": datetime.now(UTC).isoformat(),
         }
 
-    @app.post("/api/infer", response_model=InferResponse)
+    @app.post("/api/infer", response_model=InferResponse, responses=_errors(413, 422, 429, 503))
     async def infer(req: InferRequest) -> Response:
         """One control tick: the action for ``observation`` from the served model."""
         obs = req.observation
@@ -211,6 +283,8 @@ def create_app(
                 result = service.act(obs, req.session_id, req.reset)
         except NoModelError as exc:
             raise HTTPException(503, str(exc)) from None
+        except SessionLimitError as exc:
+            raise HTTPException(429, str(exc), headers={"Retry-After": "1"}) from None
         except ValueError as exc:
             raise HTTPException(422, f"observation: {exc}") from None
         # Encoded here with orjson and returned as a Response, so FastAPI does not re-validate
@@ -227,7 +301,7 @@ def create_app(
 
     # -- models ---------------------------------------------------------------------------
 
-    @app.get("/api/models")
+    @app.get("/api/models", responses=_errors(422))
     def models(audit: int = Query(default=50, ge=0, le=10_000)) -> dict[str, Any]:
         """Candidate, current and history with their metrics, and the newest audit records."""
         info = store.describe(audit=audit)
@@ -236,7 +310,7 @@ def create_app(
         info["refused"] = served["refused"]
         return info
 
-    @app.post("/api/models/promote", dependencies=auth)
+    @app.post("/api/models/promote", dependencies=auth, responses=_errors(401, 409, 507))
     def promote() -> dict[str, Any]:
         """Gate the candidate (shadow evaluation, action-distance and bounds guards); promote it if it passes."""
         from continuonbrain.trainer.promotion import promote_candidate  # the gate (not the training loop)
@@ -247,8 +321,12 @@ def create_app(
             raise HTTPException(409, "a promotion or rollback is already in progress")
         try:
             result, info = promote_candidate(model_root, rlds_dir=rlds_dir)
+        except StorageError as exc:  # nothing half-written is left: the store cleaned up
+            raise HTTPException(507 if exc.disk_full else 500, str(exc)) from None
         except StoreError as exc:
             raise HTTPException(409, str(exc)) from None
+        except OSError as exc:
+            raise _io_error("promotion", exc) from None
         finally:
             store_lock.release()
         version = service.reload()
@@ -261,7 +339,7 @@ def create_app(
             "candidate": _brief(info["candidate"]),
         }
 
-    @app.post("/api/models/rollback", dependencies=auth)
+    @app.post("/api/models/rollback", dependencies=auth, responses=_errors(401, 404, 409, 422, 507))
     def rollback(req: RollbackRequest | None = None) -> dict[str, Any]:
         """Make a history version current again (the newest one when ``version`` is omitted)."""
         if not store_lock.acquire(blocking=False):
@@ -271,6 +349,8 @@ def create_app(
         except StoreError as exc:
             code = 404 if req and req.version and "not in history" in str(exc) else 409
             raise HTTPException(code, str(exc)) from None
+        except OSError as exc:
+            raise _io_error("rollback", exc) from None
         finally:
             store_lock.release()
         version = service.reload()
@@ -309,17 +389,17 @@ def create_app(
             raise HTTPException(exc.status, {"message": str(exc), **exc.detail}) from None
         return {"job_id": job.job_id, "kind": kind, "state": job.state, "gates": decision}
 
-    @app.post("/api/training/sequential", dependencies=auth)
+    @app.post("/api/training/sequential", dependencies=auth, responses=_errors(401, 409, 422))
     def train_sequential(req: TrainingRequest | None = None) -> dict[str, Any]:
         """Start HOPE sequential training (VQ-VAE, Mid loop, Fast loop) in a child process."""
         return start("sequential", req or TrainingRequest())
 
-    @app.post("/api/training/adapt", dependencies=auth)
+    @app.post("/api/training/adapt", dependencies=auth, responses=_errors(401, 409, 422))
     def train_adapt(req: TrainingRequest | None = None) -> dict[str, Any]:
         """Start LoRA adaptation of the current model in a child process (it gates and promotes itself)."""
         return start("adapt", req or TrainingRequest())
 
-    @app.post("/api/training/stop", dependencies=auth)
+    @app.post("/api/training/stop", dependencies=auth, responses=_errors(401))
     def train_stop() -> dict[str, Any]:
         """Stop the running job (SIGTERM: sequential training checkpoints first; SIGKILL after a grace period)."""
         job = jobs.stop()
@@ -336,7 +416,7 @@ def create_app(
         out["defaults"] = {"sequential": train_config.name, "adapt": adapt_config.name}
         return out
 
-    @app.get("/api/training/events", response_class=EventSourceResponse)
+    @app.get("/api/training/events", response_class=EventSourceResponse, responses=_errors(422, 503))
     async def train_events(
         request: Request,
         since: int | None = Query(default=None, ge=0, description="the last event id seen"),
@@ -361,12 +441,12 @@ def create_app(
 
     # -- episodes -------------------------------------------------------------------------
 
-    @app.get("/api/episodes")
+    @app.get("/api/episodes", responses=_errors(422))
     def episodes(offset: int = Query(default=0, ge=0), limit: int = Query(default=200, ge=1, le=5000)) -> dict:
         """The RLDS episodes the trainer sees, with their validation state, and the quarantine."""
         return catalog.listing(offset, limit)
 
-    @app.post("/api/episodes/quarantine", dependencies=auth)
+    @app.post("/api/episodes/quarantine", dependencies=auth, responses=_errors(401, 409))
     def episodes_quarantine() -> dict[str, Any]:
         """Move every episode that fails validation to the quarantine, with its reason."""
         try:
@@ -376,7 +456,7 @@ def create_app(
 
     # -- live sim (the Robot Editor's demo arm) --------------------------------------------
 
-    @app.post("/api/sim/reset")
+    @app.post("/api/sim/reset", responses=_errors(422))
     def sim_reset(req: SimResetRequest | None = None) -> dict[str, Any]:
         """A new live-sim episode: the arm's observation (for /api/infer) and its geometry."""
         req = req or SimResetRequest()
@@ -385,7 +465,7 @@ def create_app(
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
 
-    @app.post("/api/sim/step")
+    @app.post("/api/sim/step", responses=_errors(404, 422))
     def sim_step(req: SimStepRequest) -> dict[str, Any]:
         """One tick of a live sim with an action (from /api/infer); ``target`` moves the target first."""
         try:
@@ -402,6 +482,29 @@ def create_app(
     return app
 
 
+def server_config(
+    app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info", **uvicorn_kwargs: Any
+) -> Any:
+    """The ``uvicorn.Config`` the robot runs ``app`` with: the HTTP protocol of
+    :func:`~continuonbrain.runtime.limits.http_protocol` (request deadlines, header bound,
+    connection cap) with the app's :class:`ServerLimits`, keep-alive from them, no access log."""
+    import uvicorn
+
+    limits: ServerLimits = getattr(app.state, "limits", None) or ServerLimits()
+    # An open SSE stream (a Robot Editor tab) never ends by itself: without a grace limit, Ctrl-C or
+    # SIGTERM would wait for every tab to close, and the lifespan shutdown (stopping a training job) never ran.
+    options: dict[str, Any] = {
+        "log_level": log_level,
+        "access_log": False,
+        "timeout_graceful_shutdown": 5,
+        "http": http_protocol(limits),
+        "timeout_keep_alive": limits.keep_alive_s,
+        "h11_max_incomplete_event_size": limits.max_header_bytes,
+        **uvicorn_kwargs,
+    }
+    return uvicorn.Config(app, host=host, port=port, **options)
+
+
 def serve(
     model_root: str | os.PathLike,
     *,
@@ -410,19 +513,23 @@ def serve(
     token_file: str | os.PathLike | None = None,
     log_level: str = "info",
     on_ready: Any = None,
+    allowed_hosts: Iterable[str] = (),
+    limits: ServerLimits | None = None,
     **app_kwargs: Any,
 ) -> None:
     """Run the API with uvicorn until interrupted (the ``continuonbrain serve`` command)."""
     import uvicorn
 
+    from continuonbrain.runtime.limits import raise_open_file_limit
+
+    raise_open_file_limit()  # room for connections within the hard limit; the cap adapts to what is left
     token_path = Path(token_file) if token_file else Path(model_root) / "api_token"
-    app = create_app(model_root, token_file=token_path, **app_kwargs)
-    # An open SSE stream (a Robot Editor tab) never ends by itself: without a grace limit, Ctrl-C or
-    # SIGTERM would wait for every tab to close, and the lifespan shutdown (stopping a training job) never ran.
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5
+    app = create_app(
+        model_root, token_file=token_path, bind_host=host, allowed_hosts=allowed_hosts, limits=limits, **app_kwargs
     )
-    server = uvicorn.Server(config)
+    if app.state.hosts.any_host:
+        log.warning("bound to %s with no --allow-host: any Host header is answered", host)
+    server = uvicorn.Server(server_config(app, host=host, port=port, log_level=log_level))
     if on_ready is not None:
         on_ready(host, port, token_path)
     server.run()
@@ -438,11 +545,18 @@ def _brief(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in manifest.items() if k != "files"}
 
 
+def _io_error(what: str, exc: OSError) -> HTTPException:
+    """An OSError from the store as a JSON error: 507 for a full disk, 500 otherwise."""
+    if is_disk_full(exc):
+        return HTTPException(507, f"{what} failed: the disk is full ({exc})")
+    return HTTPException(500, f"{what} failed: {type(exc).__name__}: {exc}")
+
+
 def _manifest_rlds_dir(store: PromotionStore) -> str | None:
     for slot in ("current", "candidate"):
         try:
             manifest = store.manifest(slot)
-        except (OSError, ValueError):
+        except (OSError, ValueError, StoreError):  # a damaged slot must not keep the server from starting
             manifest = None
         if manifest and manifest.get("rlds_dir"):
             return str(manifest["rlds_dir"])

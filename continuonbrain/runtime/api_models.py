@@ -38,9 +38,12 @@ class InferRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    observation: Annotated[list[float], Field(min_length=1, max_length=MAX_OBS_NUMBERS)] | dict[str, Any] = Field(
-        description="a numeric vector, or a dict of named numeric arrays (state keys, camera images)"
-    )
+    # The dict's bounds are in the schema too (minProperties/maxProperties): a client validating
+    # against /openapi.json must not be able to build an observation the server refuses.
+    observation: (
+        Annotated[list[float], Field(min_length=1, max_length=MAX_OBS_NUMBERS)]
+        | Annotated[dict[str, Any], Field(min_length=1, max_length=MAX_OBS_KEYS)]
+    ) = Field(description="a numeric vector, or a dict of named numeric arrays (state keys, camera images)")
     session_id: Annotated[str, Field(pattern=SESSION_ID_PATTERN)] | None = Field(
         default=None, description="one control stream with its own recurrent state; omitted: 'default'"
     )
@@ -68,6 +71,14 @@ class InferResponse(BaseModel):
     latency_us: float
     session_id: str
     fresh_state: bool
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: ``detail`` (a string, or the validation errors / a structured record)
+    and ``message``, one line a person can read."""
+
+    detail: Any
+    message: str
 
 
 class RollbackRequest(BaseModel):

@@ -61,6 +61,12 @@ function gateLine(gate) {
 
 function slotView(manifest, slot) {
   if (!manifest) return h("p", { class: "muted" }, slot === "candidate" ? "no candidate waiting" : "no current model");
+  if (manifest.broken)
+    return h(
+      "div",
+      { class: "slot broken", "data-version": manifest.version || "" },
+      h("p", { class: "error", "data-testid": `${slot}-broken` }, `damaged: ${manifest.reason}`),
+    );
   return h(
     "div",
     { class: "slot", "data-version": manifest.version },
@@ -91,31 +97,45 @@ function renderModels(info) {
   $("models-promote").disabled = !info.candidate;
 
   const history = (info.history || []).map((m) =>
+    m.broken
+      ? h(
+          "tr",
+          { "data-version": m.version, class: "bad" },
+          h("td", {}, h("code", {}, m.version)),
+          h("td", { colspan: "4", class: "error" }, `damaged: ${m.reason}`),
+        )
+      : historyRow(m),
+  );
+  fillTable($("models-history"), history, "no earlier versions", 5);
+  renderAudit(info);
+}
+
+function historyRow(m) {
+  return h(
+    "tr",
+    { "data-version": m.version },
+    h("td", {}, h("code", {}, m.version)),
+    h("td", {}, m.kind || ""),
+    h("td", {}, fmtTime(m.created)),
+    h("td", {}, metricsLine(m.metrics) || "–"),
     h(
-      "tr",
-      { "data-version": m.version },
-      h("td", {}, h("code", {}, m.version)),
-      h("td", {}, m.kind || ""),
-      h("td", {}, fmtTime(m.created)),
-      h("td", {}, metricsLine(m.metrics) || "–"),
+      "td",
+      {},
       h(
-        "td",
-        {},
-        h(
-          "button",
-          {
-            type: "button",
-            class: "rollback",
-            "data-testid": `rollback-${m.version}`,
-            onclick: () => rollback(m.version),
-          },
-          "Roll back to this",
-        ),
+        "button",
+        {
+          type: "button",
+          class: "rollback",
+          "data-testid": `rollback-${m.version}`,
+          onclick: () => rollback(m.version),
+        },
+        "Roll back to this",
       ),
     ),
   );
-  fillTable($("models-history"), history, "no earlier versions", 5);
+}
 
+function renderAudit(info) {
   const audit = (info.audit || [])
     .slice()
     .reverse()

@@ -91,6 +91,32 @@ function renderStatus(s) {
 
   renderGates(s.gates || {});
 
+  // Serving a history version because current could not be served: the robot runs, on an older brain.
+  const fallback = s.fallback;
+  $("status-fallback").classList.toggle("hidden", !fallback);
+  setText(
+    "status-fallback",
+    fallback
+      ? `FALLBACK: serving history version ${fallback.version} because ${fallback.reason}. ` +
+          "The store is unchanged: roll back or promote a good version."
+      : "",
+  );
+  const integrity = s.integrity || {};
+  $("status-integrity").classList.toggle("hidden", integrity.ok !== false);
+  setText(
+    "status-integrity",
+    integrity.ok === false
+      ? `The served files of ${integrity.version} changed on disk: ${integrity.reason}. ` +
+          "The verified copy in memory keeps serving; a restart would refuse them."
+      : "",
+  );
+  const broken = (s.slots && s.slots.broken) || [];
+  $("status-broken").classList.toggle("hidden", broken.length === 0);
+  setText(
+    "status-broken",
+    broken.length ? `Damaged in the store: ${broken.map((b) => `${b.slot} ${b.version ?? ""}: ${b.reason}`).join("; ")}` : "",
+  );
+
   const refused = service.refused || [];
   const refusedEl = $("status-refused");
   refusedEl.classList.toggle("hidden", refused.length === 0);
