@@ -339,7 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = rlds.add_parser("validate", help="check every episode under PATH")
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--quarantine", metavar="DIR", help="move bad episodes here with a reason.txt")
+    p.add_argument(
+        "--quarantine",
+        metavar="DIR",
+        help="move bad episodes here with a reason.txt (a Donkeycar tub's are marked deleted in its manifest)",
+    )
     p.add_argument("--upload", action="store_true", help="also report episodes not ready for sharing")
     p.set_defaults(func=cmd_rlds_validate)
 
@@ -352,12 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = rlds.add_parser("convert", help="convert episodes to another layout")
     p.add_argument("src")
     p.add_argument("dst")
-    p.add_argument("--format", choices=["continuon", "tfds"], required=True)
+    p.add_argument("--format", choices=["continuon", "tfds", "tub"], required=True)
     p.add_argument("--for-upload", action="store_true", help="only upload-ready episodes, owner block stripped")
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace episode directories / TFDS splits already in DST (default: keep both / refuse)",
+        help="replace episode directories / TFDS splits / tubs already in DST (default: keep both / refuse)",
     )
     p.set_defaults(func=cmd_rlds_convert)
 
@@ -372,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--episodes", type=int, required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--format", choices=["continuon", "tfds"], default="continuon")
+    p.add_argument("--format", choices=["continuon", "tfds", "tub"], default="continuon")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dart-sigma", type=float, default=0.0, help="noise on executed actions (DART)")
     p.add_argument("--json", action="store_true")
