@@ -34,10 +34,10 @@ import numpy as np
 import orjson
 
 from continuonbrain.fsutil import fsync_dir, naming, temp_dir
-from continuonbrain.rlds.episode import Episode, ImageColumn, LazyImage, has_none
+from continuonbrain.rlds.checks import check_episode
+from continuonbrain.rlds.episode import Episode, EpisodeResult, ImageColumn, LazyImage, has_none
 from continuonbrain.rlds.errors import RLDSError
 from continuonbrain.rlds.limits import DEFAULT_LIMITS, Limits, json_depth
-from continuonbrain.rlds.reader import EpisodeResult
 from continuonbrain.rlds.written import WrittenEpisodes
 
 log = logging.getLogger(__name__)
@@ -276,8 +276,6 @@ def write_continuon(
     ``overwrite=True`` an episode directory that existed *before this call* is replaced (and
     listed in ``replaced``), while two episodes of this call with one name are still both kept.
     """
-    from continuonbrain.rlds.validate import check_episode
-
     out.mkdir(parents=True, exist_ok=True)
     written = WrittenEpisodes()
     for n, ep in enumerate(episodes):

@@ -10,6 +10,9 @@ is a cheap :class:`Sequence` over those columns.
 ``observation`` and ``action`` are either one numeric array ``[T, ...]`` or a dict of named
 columns, each a numeric array ``[T, ...]`` or an :class:`ImageColumn` of lazily decoded
 images.
+
+:class:`EpisodeResult` is what a scan yields per episode: the :class:`Episode`, or the
+:class:`~continuonbrain.rlds.errors.RLDSError` that kept it from being one.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import itertools
 import math
 import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -618,3 +621,34 @@ def _describe(value: Any) -> str:
         return "null (NaN or Inf written as JSON null?)"
     bad = next((x for x in flat if not isinstance(x, int | float | np.number)), value)
     return f"{type(bad).__name__} value {bad!r:.40}"
+
+
+@dataclass
+class EpisodeResult:
+    """The outcome of reading one episode: either ``episode`` or ``error`` is set.
+
+    ``unit`` is the file or directory that holds exactly this episode when ``movable`` is
+    true (quarantine moves it); for a record inside a TFRecord shard ``unit`` is the shard,
+    ``movable`` is false and ``raw`` holds the record's bytes so quarantine can keep a copy.
+    """
+
+    key: str
+    unit: Path
+    episode: Episode | None = None
+    error: RLDSError | None = None
+    movable: bool = True
+    raw: bytes | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def failed(self, error: RLDSError) -> EpisodeResult:
+        """The same unit, now bad: its episode dropped, ``error`` set."""
+        return replace(self, episode=None, error=error)
+
+    @property
+    def place(self) -> str:
+        """Where the episode was read from, precisely enough to find it (a record in a shard
+        is ``<shard dir>/<shard>#<index>``)."""
+        return str(self.unit) if self.movable else str(self.unit.parent / self.key)

@@ -21,7 +21,8 @@ are unique within a split: the second episode with an id is an error naming both
 Everything is streamed: one episode is in memory at a time. Bad episodes become
 :class:`EpisodeResult` objects carrying an :class:`RLDSError`; :func:`read_episodes` skips
 them (with a warning by default) so the good episodes beside a bad one are still used, and
-:func:`scan_episodes` hands them to ``rlds validate`` and quarantine.
+:func:`scan_episodes` hands them to ``rlds validate`` and quarantine. (``EpisodeResult`` lives
+in :mod:`continuonbrain.rlds.episode`; it is re-exported here, where it used to be.)
 """
 
 from __future__ import annotations
@@ -29,46 +30,16 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from continuonbrain.rlds.episode import Episode
+from continuonbrain.rlds import continuon, tfds, tub
+from continuonbrain.rlds.checks import check_episode
+from continuonbrain.rlds.episode import Episode, EpisodeResult
 from continuonbrain.rlds.errors import RLDSError
 from continuonbrain.rlds.limits import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EpisodeResult:
-    """The outcome of reading one episode: either ``episode`` or ``error`` is set.
-
-    ``unit`` is the file or directory that holds exactly this episode when ``movable`` is
-    true (quarantine moves it); for a record inside a TFRecord shard ``unit`` is the shard,
-    ``movable`` is false and ``raw`` holds the record's bytes so quarantine can keep a copy.
-    """
-
-    key: str
-    unit: Path
-    episode: Episode | None = None
-    error: RLDSError | None = None
-    movable: bool = True
-    raw: bytes | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def failed(self, error: RLDSError) -> EpisodeResult:
-        """The same unit, now bad: its episode dropped, ``error`` set."""
-        return replace(self, episode=None, error=error)
-
-    @property
-    def place(self) -> str:
-        """Where the episode was read from, precisely enough to find it (a record in a shard
-        is ``<shard dir>/<shard>#<index>``)."""
-        return str(self.unit) if self.movable else str(self.unit.parent / self.key)
 
 
 OnError = Literal["raise", "warn", "skip"] | Callable[[RLDSError], None]
@@ -108,8 +79,6 @@ def scan_episodes(
     path: str | os.PathLike, split: str | None = None, *, validate: bool = True, **options
 ) -> Iterator[EpisodeResult]:
     """Yield one :class:`EpisodeResult` per episode found under ``path``, good or bad."""
-    from continuonbrain.rlds.validate import check_episode
-
     root = Path(path)
     if not root.exists():
         raise RLDSError("path does not exist", file=str(root))
@@ -145,8 +114,6 @@ def _unique_id(result: EpisodeResult, first_read: dict[tuple[str, str], str]) ->
 
 
 def _scan(path: Path, split: str | None, options: dict, visited: set[tuple[int, int]]) -> Iterator[EpisodeResult]:
-    from continuonbrain.rlds import continuon, tfds
-
     is_dir = path.is_dir()
     if is_dir:
         options["limits"].check_inside(path)  # a directory symlinked out of the tree is not entered
@@ -179,8 +146,6 @@ def _scan(path: Path, split: str | None, options: dict, visited: set[tuple[int, 
         yield from tfds.scan_tfds_dir(path, split=split, **_pick(options, tfds.TFRECORD_OPTIONS))
         return
     if layout == "tub":
-        from continuonbrain.rlds import tub
-
         yield from tub.scan_tub_dir(path, **_pick(options, tub.OPTIONS))
         return
     children = _children(path)
@@ -225,8 +190,6 @@ def dir_layout(path: Path) -> Literal["continuon", "tfds", "tub"] | None:
     inputs, beside ``catalog_N.catalog`` files) that also looks like one of the others is
     ambiguous too.
     """
-    from continuonbrain.rlds import continuon, tfds, tub
-
     if (path / "dataset_info.json").is_file() and (path / "features.json").is_file():
         return "tfds"
     is_tfds, is_continuon = tfds.is_tfds_dir(path), continuon.is_episode_dir(path)
@@ -271,8 +234,6 @@ _SKIP_DIRS = {"blobs", "__pycache__", "quarantine"}
 
 
 def _looks_like_episode_file(path: Path) -> bool:
-    from continuonbrain.rlds import continuon, tfds
-
     name = path.name
     if name in continuon.NON_EPISODE_JSON or name == "reason.txt":
         return False
@@ -281,3 +242,6 @@ def _looks_like_episode_file(path: Path) -> bool:
 
 def _pick(options: dict, allowed: tuple[str, ...]) -> dict:
     return {k: v for k, v in options.items() if k in allowed}
+
+
+__all__ = ["EpisodeResult", "OnError", "dir_layout", "read_episodes", "scan_episodes"]

@@ -35,10 +35,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from continuonbrain.rlds.episode import EpisodeResult
 from continuonbrain.rlds.errors import RLDSError
 from continuonbrain.rlds.example_proto import FeatureValue, parse_example
 from continuonbrain.rlds.limits import DEFAULT_LIMITS, Limits
-from continuonbrain.rlds.reader import EpisodeResult
 from continuonbrain.rlds.tfds_decode import (
     _decode_episode_record,
     _record_layout,
@@ -47,6 +47,7 @@ from continuonbrain.rlds.tfds_decode import (
     _StepGroup,
 )
 from continuonbrain.rlds.tfds_features import (
+    DEFAULT_TEMPLATE,
     EPISODE_ID_KEY,
     METADATA_JSON_KEY,
     FeatureSpec,
@@ -54,7 +55,7 @@ from continuonbrain.rlds.tfds_features import (
     load_features,
     parse_features,
 )
-from continuonbrain.rlds.tfds_writer import DEFAULT_TEMPLATE, write_tfds
+from continuonbrain.rlds.tfds_writer import write_tfds  # re-exported: this module is the TFDS layout, both ways
 from continuonbrain.rlds.tfrecord import Record, scan_records
 
 #: Options the dispatcher passes through to these readers.

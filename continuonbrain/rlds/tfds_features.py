@@ -27,6 +27,9 @@ from continuonbrain.rlds.limits import DEFAULT_LIMITS, Limits
 #: text is explained in :mod:`continuonbrain.rlds.tfds_writer`.
 METADATA_JSON_KEY = "episode_metadata/metadata_json"
 EPISODE_ID_KEY = "episode_metadata/episode_id"
+#: The shard file name template (TFDS's default): what the writer names shards, and what the
+#: reader assumes when ``dataset_info.json`` names no ``filepathTemplate``.
+DEFAULT_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 _NUMERIC_DTYPES = {
     "float16", "float32", "float64", "int8", "int16", "int32", "int64",

@@ -37,17 +37,21 @@ from typing import Any
 import numpy as np
 
 from continuonbrain.fsutil import atomic_write_bytes, fsync_dir
+from continuonbrain.rlds.checks import check_episode
 from continuonbrain.rlds.episode import Episode, ImageColumn
 from continuonbrain.rlds.errors import RLDSError
 from continuonbrain.rlds.example_proto import build_example
-from continuonbrain.rlds.tfds_features import EPISODE_ID_KEY, METADATA_JSON_KEY, _image_format, _set_nested
+from continuonbrain.rlds.tfds_features import (
+    DEFAULT_TEMPLATE,
+    EPISODE_ID_KEY,
+    METADATA_JSON_KEY,
+    _image_format,
+    _set_nested,
+)
 from continuonbrain.rlds.tfrecord import TFRecordWriter
 from continuonbrain.rlds.written import WrittenEpisodes
 
 log = logging.getLogger(__name__)
-
-#: The shard file name template (TFDS's default); also the fallback of :func:`tfds.shard_files`.
-DEFAULT_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 _TFDS = "tensorflow_datasets.core.features"
 _CLS = {
@@ -299,8 +303,6 @@ def write_tfds(
     shard paths followed by ``features.json`` and ``dataset_info.json`` (nothing is written
     for an empty ``episodes``), with the episodes written per split.
     """
-    from continuonbrain.rlds.validate import check_episode
-
     if episodes_per_shard < 1:
         raise ValueError("episodes_per_shard must be >= 1")
     out = Path(data_dir) / name / config / version if config else Path(data_dir) / name / version

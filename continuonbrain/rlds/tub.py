@@ -61,10 +61,10 @@ import numpy as np
 import orjson
 
 from continuonbrain.fsutil import atomic_write_bytes, fsync_dir, naming, temp_dir
-from continuonbrain.rlds.episode import Episode, ImageColumn, LazyImage
+from continuonbrain.rlds.checks import check_episode
+from continuonbrain.rlds.episode import Episode, EpisodeResult, ImageColumn, LazyImage
 from continuonbrain.rlds.errors import RLDSError
 from continuonbrain.rlds.limits import DEFAULT_LIMITS, Limits
-from continuonbrain.rlds.reader import EpisodeResult
 from continuonbrain.rlds.written import WrittenEpisodes
 
 log = logging.getLogger(__name__)
@@ -747,8 +747,6 @@ def write_tub(
     non-empty directory) is never replaced silently: that is an error before anything is
     written, unless ``overwrite=True``, which replaces a tub (and lists it in ``replaced``).
     """
-    from continuonbrain.rlds.validate import check_episode
-
     out = Path(out)
     action_keys = tuple(action_keys)
     writers: dict[Path, _TubWriter] = {}

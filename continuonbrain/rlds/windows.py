@@ -50,6 +50,7 @@ import numpy as np
 
 from continuonbrain.rlds.episode import Episode, ImageColumn, features_flat
 from continuonbrain.rlds.errors import RLDSError
+from continuonbrain.rlds.reader import read_episodes
 
 try:  # torch is a project dependency, but the numpy core must not need it.
     import torch
@@ -268,8 +269,6 @@ def open_source(source: EpisodeSource, epoch: int = 0) -> Iterator[Episode]:
     if hasattr(source, "iter_episodes"):
         return iter(source.iter_episodes(epoch))
     if isinstance(source, str | os.PathLike):
-        from continuonbrain.rlds.reader import read_episodes
-
         return read_episodes(source)
     if isinstance(source, Episode):
         return iter([source])

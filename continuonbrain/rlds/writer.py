@@ -7,7 +7,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
+from continuonbrain.rlds.continuon import write_continuon
 from continuonbrain.rlds.episode import Episode
+from continuonbrain.rlds.reader import read_episodes
+from continuonbrain.rlds.schema import export_metadata, upload_problems
+from continuonbrain.rlds.tfds_writer import write_tfds
+from continuonbrain.rlds.tub import write_tub
 from continuonbrain.rlds.written import WrittenEpisodes
 
 
@@ -33,16 +38,10 @@ def write_episodes(
     memory.
     """
     if format == "continuon":
-        from continuonbrain.rlds.continuon import write_continuon
-
         return write_continuon(episodes, Path(out), **options)
     if format == "tfds":
-        from continuonbrain.rlds.tfds import write_tfds
-
         return write_tfds(episodes, Path(out), **options)
     if format == "tub":
-        from continuonbrain.rlds.tub import write_tub
-
         return write_tub(episodes, Path(out), **options)
     raise ValueError(f"unknown RLDS format {format!r} (expected 'continuon', 'tfds' or 'tub')")
 
@@ -63,9 +62,6 @@ def convert(
     ``splits`` are what the writer put on disk (not how many episodes were read), and
     ``kept_both``/``replaced`` say what happened where a name was already taken.
     """
-    from continuonbrain.rlds.reader import read_episodes
-    from continuonbrain.rlds.schema import export_metadata, upload_problems
-
     report: dict = {"read": 0, "steps": 0, "errors": [], "not_upload_ready": []}
 
     def good() -> Iterable[Episode]:
