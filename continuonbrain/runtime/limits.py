@@ -260,46 +260,62 @@ _HEADERS, _BODY, _BUSY, _IDLE = "headers", "body", "busy", "idle"
 
 
 class _Connections:
-    """The open connections of one server, least recently active first, and the one timer
-    that enforces their deadlines."""
+    """The open connections of one server and the one timer that enforces their deadlines.
+
+    Two queues, least recently active first: ``fresh`` connections have not had an answer yet
+    (half-open ones among them), ``served`` ones have. A new connection over the cap evicts the
+    oldest fresh connection that is not busy, and only when there is none the least recently
+    answered idle one: a control loop's keep-alive connection, answered every few ms, is the
+    last to go, however fast an attacker opens connections."""
 
     def __init__(self, limits: ServerLimits, cap: int, loop: asyncio.AbstractEventLoop):
         self.limits = limits
         self.cap = cap
         self.loop = loop
-        self.order: OrderedDict[Any, None] = OrderedDict()
+        self.fresh: OrderedDict[Any, None] = OrderedDict()
+        self.served: OrderedDict[Any, None] = OrderedDict()
         self.stats = {"evicted": 0, "refused": 0, "header_timeouts": 0, "body_timeouts": 0, "oversized_headers": 0}
         self._timer: asyncio.TimerHandle | None = None
 
+    def __len__(self) -> int:
+        return len(self.fresh) + len(self.served)
+
     def add(self, conn: Any) -> bool:
         """Register a new connection; False when it must be refused (all others are busy)."""
-        self.order[conn] = None
+        self.fresh[conn] = None
         if self._timer is None:
             self._timer = self.loop.call_later(self.limits.sweep_interval_s, self._sweep)
-        if len(self.order) <= self.cap:
+        if len(self) <= self.cap:
             return True
-        victim = next((c for c in self.order if c is not conn and c.phase != _BUSY), None)
+        victim = next((c for c in self.fresh if c is not conn and c.phase != _BUSY), None)
         if victim is None:
-            del self.order[conn]
+            victim = next((c for c in self.served if c.phase != _BUSY), None)
+        if victim is None:
+            del self.fresh[conn]
             self.stats["refused"] += 1
             return False
-        del self.order[victim]
+        self.discard(victim)
         self.stats["evicted"] += 1
         victim.close_quietly()
         return True
 
     def touch(self, conn: Any) -> None:
-        if conn in self.order:
-            self.order.move_to_end(conn)
+        """An answer went out on ``conn``: it is now the most recently served connection."""
+        if conn in self.fresh:
+            del self.fresh[conn]
+            self.served[conn] = None
+        elif conn in self.served:  # (not if it was evicted or timed out meanwhile)
+            self.served.move_to_end(conn)
 
     def discard(self, conn: Any) -> None:
-        self.order.pop(conn, None)
+        self.fresh.pop(conn, None)
+        self.served.pop(conn, None)
 
     def _sweep(self) -> None:
         """Close connections past their phase's deadline; reschedules itself while any remain."""
         now = self.loop.time()
         header_s, body_s = self.limits.header_timeout_s, self.limits.body_timeout_s
-        for conn in list(self.order):
+        for conn in [*self.fresh, *self.served]:
             waited = now - conn.since
             if conn.phase in (_HEADERS, _IDLE) and waited > header_s:
                 # an idle keep-alive connection that only trickles blank lines is closed without a word
@@ -309,7 +325,7 @@ class _Connections:
             elif conn.phase == _BODY and waited > body_s:
                 self.stats["body_timeouts"] += 1
                 conn.time_out(None, f"request body not complete within {body_s:g} s")
-        self._timer = self.loop.call_later(self.limits.sweep_interval_s, self._sweep) if self.order else None
+        self._timer = self.loop.call_later(self.limits.sweep_interval_s, self._sweep) if len(self) else None
 
 
 def connection_cap(limits: ServerLimits) -> int:
@@ -447,4 +463,4 @@ def connection_stats(scope_state: dict[str, Any] | None) -> dict[str, Any] | Non
     registry = (scope_state or {}).get(CONNECTIONS_STATE_KEY)
     if registry is None:
         return None
-    return {"open": len(registry.order), "cap": registry.cap, **registry.stats}
+    return {"open": len(registry), "cap": registry.cap, **registry.stats}
