@@ -130,8 +130,8 @@ def _adapt(shifted_dir: Path, workdir: Path) -> Any:
 
 def _evaluate(models: Path, env_kwargs: dict[str, Any] | None, cache: dict[str, Any], key: str) -> dict[str, Any]:
     """Score ``current`` through BrainService (cached by version, so a rerun is instant)."""
+    from continuonbrain.models.store import PromotionStore
     from continuonbrain.runtime.served_policy import evaluate_served
-    from continuonbrain.trainer.store import PromotionStore
 
     version = PromotionStore(models).current_version()
     cached = cache.get(key)
@@ -159,12 +159,12 @@ def _row(name: str, r: dict[str, Any] | None) -> str:
 
 
 def run_demo(workdir: Path, serve: bool = True, port: int = 8080) -> int:
+    from continuonbrain.models.promotion import promote_candidate
+    from continuonbrain.models.store import PromotionStore
     from continuonbrain.rlds import read_episodes
     from continuonbrain.rlds.validate import validate_path
     from continuonbrain.rlds.windows import FastWindowDataset, MidTrajectoryDataset
     from continuonbrain.rlds.writer import convert
-    from continuonbrain.trainer.promotion import promote_candidate
-    from continuonbrain.trainer.store import PromotionStore
 
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)

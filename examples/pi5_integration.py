@@ -37,6 +37,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from continuonbrain.models.safety import build_simple_action_guards  # noqa: E402
+from continuonbrain.robot.sensors import read_sensors  # noqa: E402
 from continuonbrain.trainer import (  # noqa: E402
     LocalTrainerJobConfig,
     build_torch_hooks,
@@ -44,8 +46,6 @@ from continuonbrain.trainer import (  # noqa: E402
     maybe_run_local_training,
 )
 from continuonbrain.trainer.hooks_torch import hope_bc_loss, load_hope_base, make_lora_injector  # noqa: E402
-from continuonbrain.trainer.safety import build_simple_action_guards  # noqa: E402
-from continuonbrain.trainer.scheduler import read_sensors  # noqa: E402
 
 CONFIG = REPO / "continuonbrain" / "configs" / "pi5-donkey.json"
 #: reach2d's action names: the guards bound each joint-velocity command by name.
@@ -54,10 +54,10 @@ ACTION_KEYS = ["dq1_cmd", "dq2_cmd"]
 
 def ensure_seed(work: Path, episodes: int, steps: int) -> str:
     """Train and promote a small HOPE seed unless ``models/current`` already holds one."""
+    from continuonbrain.models.promotion import promote_candidate
+    from continuonbrain.models.store import PromotionStore
     from continuonbrain.sim.collect import collect_to_dir
-    from continuonbrain.trainer.promotion import promote_candidate
     from continuonbrain.trainer.sequential import SequentialTrainer
-    from continuonbrain.trainer.store import PromotionStore
     from continuonbrain.trainer.train_config import SequentialConfig
 
     models = work / "models"
@@ -200,7 +200,7 @@ def main() -> int:
     print(f"  status {result.status_path}" + (f"\n  log {result.log_path}" if result.log_path else ""))
 
     if result.promoted and args.eval_episodes:
-        from continuonbrain.trainer.store import PromotionStore
+        from continuonbrain.models.store import PromotionStore
 
         store = PromotionStore(work / "models")
         previous = store.history_dir() / (result.previous_version or before)

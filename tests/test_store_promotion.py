@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from continuonbrain.trainer.store import CRASH_ENV, PROMOTION_STEPS, PromotionStore, StoreError
+from continuonbrain.models.store import CRASH_ENV, PROMOTION_STEPS, PromotionStore, StoreError
 
 
 def make_candidate(store: PromotionStore, tmp: Path, payload: bytes) -> str:
@@ -79,7 +79,7 @@ def test_tampered_candidate_is_refused(tmp_path: Path) -> None:
 
 PROMOTE = """
 import sys
-from continuonbrain.trainer.store import PromotionStore
+from continuonbrain.models.store import PromotionStore
 PromotionStore(sys.argv[1]).promote({"passed": True, "reason": "crash test"})
 """
 

@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from conftest import copy_store, make_variant
 
+from continuonbrain.models.store import MANIFEST, PromotionStore, StorageError, StoreError, sha256_file
 from continuonbrain.runtime.brain_service import BrainService
-from continuonbrain.trainer.store import MANIFEST, PromotionStore, StorageError, StoreError, sha256_file
 
 OBS = np.array([1, 0, 1, 0, 0, 0, 0.5, 0.2, 1.0, 0.0], np.float32)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from continuonbrain.trainer.safety import (
+from continuonbrain.models.safety import (
     SafetyGateConfig,
     ShadowResult,
     build_simple_action_guards,

@@ -12,20 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from continuonbrain.trainer.scheduler import (
-    GATE_ORDER,
-    EpisodeWatermark,
-    GateDecision,
-    GatingConfig,
+from continuonbrain.robot.gates import GATE_ORDER, GateDecision, GatingConfig, check_gates, evaluate_gates
+from continuonbrain.robot.sensors import (
     GatingSensors,
-    check_gates,
-    evaluate_gates,
     parse_battery_level,
     read_battery_level,
     read_robot_state,
     read_sensors,
-    run_if_idle,
 )
+from continuonbrain.robot.watermark import EpisodeWatermark
+from continuonbrain.trainer.scheduler import run_if_idle
 
 GOOD = {"robot_idle": True, "battery_level": 0.8, "cpu_temp_c": 50.0, "teleop_active": False}
 

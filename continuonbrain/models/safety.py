@@ -10,6 +10,10 @@ and there was evaluation data at all (unless ``allow_promotion_without_eval``).
 Actions reach the guards as dicts of named arrays (Donkeycar: ``steering``, ``throttle``) or
 as vectors; ``per_key_bounds`` names components of either (a vector's names are its action
 keys in order).
+
+This module is the decision and its guards (numpy only); :mod:`continuonbrain.models.promotion`
+picks the held-out episodes, runs the slots in shadow and rotates the store, for seeds and
+adapters alike.
 """
 
 from __future__ import annotations
@@ -20,6 +24,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+__all__ = [
+    "ActionDistance",
+    "GateResult",
+    "SafetyGateConfig",
+    "ShadowResult",
+    "Violates",
+    "build_simple_action_guards",
+    "gate",
+    "shadow_evaluate",
+]
 
 ActionDistance = Callable[[Any, Any], float]
 Violates = Callable[[Any], str | None]

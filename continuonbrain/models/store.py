@@ -1,11 +1,17 @@
 """The model store: ``candidate/``, ``current/``, ``history/<version>/`` and ``audit.jsonl``.
 
-Layout (DESIGN.md contract)::
+The one place that knows the store's layout; the runtime, the simulators and the trainers all
+go through it. It imports the standard library and :mod:`continuonbrain.fsutil` only (no torch,
+no numpy), so a server or a dry run can read, verify and rotate slots without a model
+framework. Layout (the design contracts, shared DESIGN.md; README "The model store and the
+promotion gate")::
 
     <model_root>/candidate/            newest trained weights, not yet trusted
-    <model_root>/current/              what BrainService serves
+    <model_root>/current/              what BrainService serves (a link to .slots/<version>/)
     <model_root>/history/<version>/    earlier currents
+    <model_root>/rejected/<version>/   candidates the gate refused (with gate.json)
     <model_root>/audit.jsonl           one line per promotion decision
+    <model_root>/.serving/             one lease per running server
 
 Each slot holds ``manifest.json`` (version id, parent version, created time, component list,
 file -> sha256, training metrics, gate result), weights as ``.safetensors``, the model config
@@ -53,6 +59,23 @@ from typing import Any
 from continuonbrain.fsutil import fsync_dir, fsync_file
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "CRASH_ENV",
+    "JOURNAL",
+    "MANIFEST",
+    "PROMOTION_STEPS",
+    "SERVING_DIR",
+    "SLOTS",
+    "ModelStore",
+    "PromotionStore",
+    "StorageError",
+    "StoreError",
+    "crash_point",
+    "is_disk_full",
+    "new_version",
+    "sha256_file",
+]
 
 SLOTS = ("candidate", "current")
 MANIFEST = "manifest.json"

@@ -9,7 +9,7 @@ not match the manifest the safety gate approved.
 How it is built, and why:
 
 * **What is loaded.** ``<model_root>/current`` is a symbolic link to ``.slots/<version>/``
-  that :class:`~continuonbrain.trainer.store.PromotionStore` replaces with one ``rename(2)``.
+  that :class:`~continuonbrain.models.store.PromotionStore` replaces with one ``rename(2)``.
   The service reads the link once and loads from the directory it names, so a swap during
   loading cannot mix two versions. That directory is verified first (the sha256 of every
   file against ``manifest.json``), then loaded with its adapter merged
@@ -65,8 +65,8 @@ How it is built, and why:
   all requests guards the session table for a dictionary lookup, never inference; loads are
   serialised by their own lock, which ``act`` never takes.
 
-Import rule (DESIGN.md): ``runtime`` imports ``hope`` and the model store, never the
-training loop.
+Import rule (the design contracts, shared DESIGN.md; README "Layout of the code"): ``runtime``
+imports ``hope``, ``models`` (the store) and ``robot``, never the training loop.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ from typing import Any
 import numpy as np
 
 from continuonbrain.hope import HopeBrain
-from continuonbrain.trainer.store import ModelStore, StoreError
+from continuonbrain.models.store import ModelStore, StoreError
 
 __all__ = ["DEFAULT_SESSION", "ActResult", "BrainService", "NoModelError", "SessionLimitError"]
 

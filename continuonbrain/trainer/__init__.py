@@ -1,8 +1,13 @@
-"""The trainer: HOPE sequential training, on-robot LoRA adaptation, the safety gate and the model store.
+"""The trainer: HOPE sequential training and on-robot LoRA adaptation.
+
+The model store and the promotion gate live in :mod:`continuonbrain.models`, the sensors and
+the training gates in :mod:`continuonbrain.robot`; ``trainer.store``, ``trainer.safety``,
+``trainer.promotion`` and ``trainer.scheduler`` re-export them where they used to be (the
+scheduler keeps ``run_if_idle``), and ``trainer.budgets`` re-exports ``read_temperature_c``.
 
 The public names below are imported lazily (PEP 562), so ``import continuonbrain.trainer``
 costs nothing and never imports torch; torch comes in with the modules that need it
-(``sequential``, ``hooks_torch`` when hooks are built, ``store``)::
+(``sequential``, ``hooks_torch`` when hooks are built)::
 
     from continuonbrain.trainer import (build_torch_hooks, make_episode_loader, SafetyGateConfig,
                                         LocalTrainerJobConfig, maybe_run_local_training)
