@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,18 +108,13 @@ def train_promoted_seed(
     from continuonbrain.trainer.store import PromotionStore
     from continuonbrain.trainer.train_config import SequentialConfig
 
-    comps = {
-        "vqvae": {"max_steps": steps, "batch_size": 128, "shuffle_buffer": 1024, "checkpoint_every": 1000},
-        "mid_loop": {"max_steps": steps, "batch_size": 8, "window_s": 2.0, "checkpoint_every": 1000},
-        "fast_loop": {"max_steps": fast_steps or steps, "batch_size": 64, "window_s": 0.1, "checkpoint_every": 1000},
-    }
     cfg = SequentialConfig(
         model=model or {},
         rlds_dir=str(rlds_dir),
         model_root=str(tmp / "models"),
         run_dir=str(tmp / "run"),
         torch_threads=1,
-        components=comps,
+        components=seed_components(steps, fast_steps=fast_steps),
     )
     cfg.thermal.sysfs_root = str(tmp / "no-sysfs")
     SequentialTrainer(cfg).run()
@@ -216,3 +214,148 @@ def make_variant(store: Any, tmp: Path, scale: float, *, nan: bool = False, sour
         "candidate", files, components=["vqvae", "mid_loop", "fast_loop"], kind="hope-seed", parent=None
     )
     return manifest["version"]
+
+
+# --------------------------------------------------------------------------- fuzzing helpers
+
+
+def fuzz_settings(max_examples: int) -> Any:
+    """Hypothesis settings of the fuzz tests: no deadline (CI shares its CPUs), function-scoped
+    fixtures allowed (each example makes its own directory with ``tmp_path_factory``)."""
+    from hypothesis import HealthCheck, settings
+
+    allow = [HealthCheck.function_scoped_fixture]
+    return settings(max_examples=max_examples, deadline=None, suppress_health_check=allow)
+
+
+def consume_scan(path: Path, **options: Any) -> None:
+    """Scan everything under ``path``: only :class:`RLDSError` may escape, and bad episodes are
+    carried as errors, not raised; a good episode has steps."""
+    from continuonbrain.rlds import RLDSError, scan_episodes
+
+    try:
+        for result in scan_episodes(path, **options):
+            if result.error is not None:
+                assert isinstance(result.error, RLDSError)
+                str(result.error)
+            else:
+                assert result.episode is not None and len(result.episode) > 0
+    except RLDSError:
+        pass
+
+
+def only_error(path: Path) -> Any:
+    """The error of the one (bad) episode under ``path``."""
+    from continuonbrain.rlds import scan_episodes
+
+    results = list(scan_episodes(path))
+    assert len(results) == 1, f"expected one episode, found {len(results)}"
+    assert results[0].error is not None, "expected this episode to be rejected"
+    return results[0].error
+
+
+def consume_records(path: Path) -> None:
+    """Read every record of a TFRecord file: a fatal error ends the file, each record has data
+    or an error naming the file, and parsing a payload raises nothing but :class:`RLDSError`."""
+    from continuonbrain.rlds import RLDSError
+    from continuonbrain.rlds.example_proto import parse_example
+    from continuonbrain.rlds.tfrecord import iter_records, scan_records
+
+    records = list(scan_records(path))
+    assert not any(r.fatal for r in records[:-1]), "a fatal error must end the file"
+    for record in records:
+        assert (record.data is None) != (record.error is None)
+        if record.error is not None:
+            assert isinstance(record.error, RLDSError) and record.error.file == str(path)
+    with contextlib.suppress(RLDSError):
+        for _offset, payload in iter_records(path, on_data_error=lambda err: None):
+            with contextlib.suppress(RLDSError):
+                parse_example(payload)
+
+
+# --------------------------------------------------------------------------- small seed configs
+
+#: The HOPE model of a seed that trains in seconds, for vector observations.
+TINY_MODEL: dict[str, Any] = {
+    "mid_every": 4,
+    "vqvae": {"codebook_size": 16, "code_dim": 4, "n_tokens": 2, "hidden_dim": 16, "n_hidden": 1},
+    "mid": {"d_model": 16, "d_state": 8, "n_layers": 1, "token_embed_dim": 4, "context_dim": 4},
+    "fast": {"d_model": 16, "d_state": 8, "n_layers": 1},
+}
+#: :data:`TINY_MODEL` for camera observations: the VQ-VAE gets a two-layer conv encoder.
+TINY_CAMERA_MODEL: dict[str, Any] = {**TINY_MODEL, "vqvae": {**TINY_MODEL["vqvae"], "conv_channels": [4, 4]}}
+
+
+def tiny_components(
+    steps: int, *, batch: tuple[int, int, int] = (32, 4, 16), shuffle_buffer: int = 256, mid_window_s: float = 1.0
+) -> dict[str, Any]:
+    """Budgets of a tiny seed: ``steps`` per component, ``batch`` = (VQ-VAE, Mid, Fast) sizes."""
+    comp = {"max_steps": steps, "checkpoint_every": 100, "shuffle_buffer": shuffle_buffer, "warmup_steps": 1}
+    return {
+        "vqvae": {**comp, "batch_size": batch[0]},
+        "mid_loop": {**comp, "batch_size": batch[1], "window_s": mid_window_s},
+        "fast_loop": {**comp, "batch_size": batch[2], "window_s": 0.1},
+    }
+
+
+def seed_components(
+    steps: int, *, fast_steps: int | None = None, mid_batch: int = 8, shuffle_buffer: int = 1024
+) -> dict[str, Any]:
+    """Budgets of a small seed (the shipped model's shapes): ``steps`` per component,
+    ``fast_steps`` for the Fast loop if given."""
+    return {
+        "vqvae": {"max_steps": steps, "batch_size": 128, "shuffle_buffer": shuffle_buffer, "checkpoint_every": 1000},
+        "mid_loop": {"max_steps": steps, "batch_size": mid_batch, "window_s": 2.0, "checkpoint_every": 1000},
+        "fast_loop": {"max_steps": fast_steps or steps, "batch_size": 64, "window_s": 0.1, "checkpoint_every": 1000},
+    }
+
+
+def seed_config(
+    tmp: Path, episodes: Path, *, model: dict[str, Any], components: dict[str, Any], name: str = "config.json", **extra
+) -> Path:
+    """A seed training config for ``episodes``, written to ``tmp/name``: model store and run dir
+    under ``tmp``, one torch thread, no thermal sensors (``extra``: more top-level keys)."""
+    data = {
+        "rlds_dir": str(episodes),
+        "model_root": str(tmp / "models"),
+        "run_dir": str(tmp / "run"),
+        "torch_threads": 1,
+        "thermal": {"sysfs_root": str(tmp / "no-sysfs")},
+        "model": model,
+        "components": components,
+        **extra,
+    }
+    path = tmp / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+# --------------------------------------------------------------------------- commands and polling
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``continuonbrain ARGS`` in a child process, output captured as text (never raises on exit codes)."""
+    cmd = [sys.executable, "-m", "continuonbrain", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
+
+
+def main_cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
+    """``continuonbrain ARGV`` in this process: (exit code, stdout, stderr)."""
+    from continuonbrain.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def wait_for(predicate: Any, timeout: float = 120.0, what: str = "condition", interval: float = 0.05) -> Any:
+    """Poll until ``predicate()`` is truthy and return its value; a generous bound for a loaded
+    CI box (not a speed assertion)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import copy_store, make_variant
+from conftest import copy_store, make_variant, wait_for
 
 from continuonbrain.hope import HopeBrain
 from continuonbrain.runtime.brain_service import BrainService, NoModelError
@@ -23,15 +23,6 @@ from continuonbrain.sim.envs import Reach2DEnv
 from continuonbrain.trainer.store import PromotionStore
 
 OBS = np.array([1, 0, 1, 0, 0, 0, 0.5, 0.2, 1.0, 0.0], np.float32)
-
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll until ``predicate()``; a generous bound for a loaded CI box (not a speed assertion)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def promote(store: PromotionStore) -> None:

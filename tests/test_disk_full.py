@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from continuonbrain.rlds import read_episodes
 from continuonbrain.sim.collect import collect_to_dir
@@ -39,12 +39,6 @@ def source(tmp_path_factory) -> Path:
     return out / "tf"
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "continuonbrain", *args], capture_output=True, text=True, check=False, timeout=300
-    )
-
-
 def leftovers(root: Path) -> list[Path]:
     """Temporary or partial files a writer should have removed."""
     return [p for p in root.rglob("*") if p.name.startswith(".") or p.name.endswith((".tmp", ".partial"))]
@@ -60,7 +54,8 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, under: Path) -> Non
 @pytest.mark.parametrize("fmt", ["continuon", "tfds"])
 def test_sim_collect_on_a_full_disk(full_disk: Path, fmt: str) -> None:
     out = full_disk / "episodes"
-    proc = run_cli("sim", "collect", "--env", "reach2d", "--episodes", "80", "--out", str(out), "--format", fmt)
+    args = ["sim", "collect", "--env", "reach2d", "--episodes", "80", "--out", str(out), "--format", fmt]
+    proc = run_cli(*args, timeout=300)
     assert_one_line_error(proc, out)
     assert leftovers(full_disk) == []
     # Continuon: the episodes written before the disk filled are complete and read back.
@@ -70,7 +65,7 @@ def test_sim_collect_on_a_full_disk(full_disk: Path, fmt: str) -> None:
 @pytest.mark.parametrize("fmt", ["continuon", "tfds"])
 def test_rlds_convert_on_a_full_disk(full_disk: Path, source: Path, fmt: str) -> None:
     out = full_disk / "converted"
-    proc = run_cli("rlds", "convert", str(source), str(out), "--format", fmt)
+    proc = run_cli("rlds", "convert", str(source), str(out), "--format", fmt, timeout=300)
     assert_one_line_error(proc, out)
     assert leftovers(full_disk) == []
     assert not list(out.rglob("dataset_info.json"))  # never a dataset that looks complete
@@ -82,7 +77,7 @@ def test_train_on_a_full_disk(full_disk: Path, tmp_path: Path) -> None:
     run = full_disk / "run"
     proc = run_cli(
         "train", "--rlds-dir", str(episodes), "--run-dir", str(run), "--model-root", str(full_disk / "models"),
-        "--max-steps", "30",
+        "--max-steps", "30", timeout=300,
     )  # fmt: skip
     assert_one_line_error(proc, full_disk)
     assert leftovers(full_disk) == []

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from conftest import consume_scan, fuzz_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from continuonbrain.rlds import RLDSError, scan_episodes
-
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = fuzz_settings(60)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=True) | st.text(max_size=8),
@@ -34,25 +32,12 @@ step_like = st.fixed_dictionaries(
 )
 
 
-def consume(path: Path) -> None:
-    """Read everything; only RLDSError may escape, and errors are carried, not raised."""
-    try:
-        for result in scan_episodes(path):
-            if result.error is not None:
-                assert isinstance(result.error, RLDSError)
-                str(result.error)
-            else:
-                assert result.episode is not None and len(result.episode) > 0
-    except RLDSError:
-        pass
-
-
 @SETTINGS
 @given(data=st.binary(max_size=400))
 def test_random_bytes_jsonl(tmp_path_factory, data: bytes) -> None:
     path = tmp_path_factory.mktemp("fz") / "x.jsonl"
     path.write_bytes(data)
-    consume(path)
+    consume_scan(path)
 
 
 @SETTINGS
@@ -60,7 +45,7 @@ def test_random_bytes_jsonl(tmp_path_factory, data: bytes) -> None:
 def test_random_bytes_json(tmp_path_factory, data: bytes) -> None:
     path = tmp_path_factory.mktemp("fz") / "x.json"
     path.write_bytes(data)
-    consume(path)
+    consume_scan(path)
 
 
 @SETTINGS
@@ -70,7 +55,7 @@ def test_random_json_episode_dir(tmp_path_factory, steps: list, meta) -> None:
     (ep / "steps").mkdir(parents=True)
     (ep / "metadata.json").write_text(json.dumps(meta))
     (ep / "steps" / "000000.jsonl").write_text("\n".join(json.dumps(s) for s in steps))
-    consume(ep)
+    consume_scan(ep)
 
 
 @SETTINGS
@@ -78,4 +63,4 @@ def test_random_json_episode_dir(tmp_path_factory, steps: list, meta) -> None:
 def test_random_json_document(tmp_path_factory, doc) -> None:
     path = tmp_path_factory.mktemp("fz") / "doc.json"
     path.write_text(json.dumps(doc))
-    consume(path)
+    consume_scan(path)

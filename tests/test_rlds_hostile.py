@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import make_episode
+from conftest import make_episode, only_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -349,12 +349,6 @@ def patch_metadata(ep: Path, **fields: Any) -> None:
     """Change an episode's metadata.json on disk (the writers refuse bad metadata)."""
     meta = json.loads((ep / "metadata.json").read_text())
     (ep / "metadata.json").write_text(json.dumps({**meta, **fields}))  # the stdlib writes NaN/Infinity tokens
-
-
-def only_error(path: Path) -> Any:
-    (result,) = scan_episodes(path)
-    assert result.error is not None, "expected a bad episode"
-    return result.error
 
 
 @pytest.mark.parametrize(

@@ -8,22 +8,13 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_episode, make_image_episode
+from conftest import make_episode, make_image_episode, run_cli
 
 from continuonbrain.rlds import RLDSError, read_episodes, scan_episodes, tfds, write_episodes
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "continuonbrain", *args], capture_output=True, text=True, check=False, timeout=120
-    )
-
 
 # --- 1. layout detection ------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import make_episode
+from conftest import TINY_CAMERA_MODEL, make_episode, run_cli, seed_config, tiny_components
 from PIL import Image
 
 from continuonbrain.rlds import Episode, LazyImage, read_episodes, scan_episodes, write_episodes
@@ -166,12 +165,6 @@ def donkey_image(tub: Path, rec: dict[str, Any]) -> np.ndarray:
     cfg = Config()
     cfg.IMAGE_W, cfg.IMAGE_H, cfg.IMAGE_DEPTH = W, H, 3
     return TubRecord(cfg, str(tub), rec).image()
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "continuonbrain", *args], capture_output=True, text=True, check=False, timeout=120
-    )
 
 
 # --- 1. what Donkeycar writes reads exactly ------------------------------------------------
@@ -614,28 +607,16 @@ def test_train_and_the_adaptation_loader_take_a_tub(donkey_tub, tmp_path: Path) 
     tub = donkey_tub[0]
     newest = make_episode_loader()(tub, 2)  # what `adapt` reads: the newest episodes, oldest first
     assert [e.metadata["tub"]["first_index"] for e in newest] == [12, 14]
-    comp = {"max_steps": 3, "checkpoint_every": 100, "shuffle_buffer": 64, "warmup_steps": 1}
-    config = {
-        "rlds_dir": str(tub),
-        "model_root": str(tmp_path / "models"),
-        "run_dir": str(tmp_path / "run"),
-        "torch_threads": 1,
-        "normalizer_episodes": 3,
-        "image_keys": ["cam/image_array"],
-        "thermal": {"sysfs_root": str(tmp_path / "no-sysfs")},
-        "model": {
-            "mid_every": 4,
-            "vqvae": {"codebook_size": 16, "code_dim": 4, "n_tokens": 2, "hidden_dim": 16, "conv_channels": [4, 4]},
-            "mid": {"d_model": 16, "d_state": 8, "n_layers": 1, "token_embed_dim": 4, "context_dim": 4},
-            "fast": {"d_model": 16, "d_state": 8, "n_layers": 1},
-        },
-        "components": {
-            "vqvae": {**comp, "batch_size": 8},
-            "mid_loop": {**comp, "batch_size": 2, "window_s": 0.1},  # the drives here are 0.1-0.15 s long
-            "fast_loop": {**comp, "batch_size": 8, "window_s": 0.1},
-        },
-    }
-    (tmp_path / "car.json").write_text(json.dumps(config))
+    components = tiny_components(3, batch=(8, 2, 8), shuffle_buffer=64, mid_window_s=0.1)  # drives of 0.1-0.15 s
+    seed_config(
+        tmp_path,
+        tub,
+        name="car.json",
+        model=TINY_CAMERA_MODEL,
+        components=components,
+        normalizer_episodes=3,
+        image_keys=["cam/image_array"],
+    )
     assert main(["train", "--config", str(tmp_path / "car.json"), "--json"]) == 0
     hope = json.loads((tmp_path / "models" / "candidate" / "config.json").read_text())
     assert hope["image_keys"] == ["cam/image_array"] and hope["image_shapes"] == {"cam/image_array": [H, W, 3]}

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_episode, png_bytes
+from conftest import make_episode, only_error, png_bytes
 
-from continuonbrain.rlds import RLDSError, read_episodes, scan_episodes, write_episodes
+from continuonbrain.rlds import RLDSError, read_episodes, write_episodes
 from continuonbrain.rlds.validate import validate_path
 
 
@@ -18,13 +18,6 @@ def write_steps(path: Path, steps: list[dict], meta: dict | None = None) -> Path
     (path / "metadata.json").write_text(json.dumps(meta or {"episode_id": path.name}))
     (path / "steps" / "000000.jsonl").write_text("\n".join(json.dumps(s) for s in steps) + "\n")
     return path
-
-
-def only_error(path: Path) -> RLDSError:
-    results = list(scan_episodes(path))
-    assert len(results) == 1
-    assert results[0].error is not None, "expected this episode to be rejected"
-    return results[0].error
 
 
 GOOD = {"observation": [0.0, 1.0], "action": [0.5]}

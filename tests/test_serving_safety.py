@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from conftest import copy_store, make_variant
+from conftest import copy_store, make_variant, wait_for
 
 from continuonbrain.runtime.api import create_app, server_config
 from continuonbrain.runtime.brain_service import BrainService
@@ -36,17 +36,6 @@ from continuonbrain.trainer.store import MANIFEST, PromotionStore
 
 OBS = [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.5, 0.2, 1.0, 0.0]
 MiB = 1 << 20
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @contextlib.contextmanager

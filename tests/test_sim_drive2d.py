@@ -12,6 +12,7 @@ from pathlib import Path
 import gymnasium
 import numpy as np
 import pytest
+from conftest import TINY_CAMERA_MODEL, main_cli, seed_config, tiny_components
 from gymnasium.utils.env_checker import check_env
 
 import continuonbrain.sim  # noqa: F401  (registers drive2d)
@@ -316,36 +317,15 @@ def car_model(tmp_path_factory) -> Path:
     driving quality): image key ``cam/image_array`` only, no state vector."""
     tmp = tmp_path_factory.mktemp("car")
     collect_to_dir("drive2d", 3, tmp / "episodes", seed=0, dart_sigma=0.2, max_steps=60)
-    comp = {"max_steps": 3, "checkpoint_every": 100, "shuffle_buffer": 64, "warmup_steps": 1}
-    config = {
-        "rlds_dir": str(tmp / "episodes"),
-        "model_root": str(tmp / "models"),
-        "run_dir": str(tmp / "run"),
-        "torch_threads": 1,
-        "normalizer_episodes": 3,
-        "image_keys": [IMAGE_KEY],
-        "thermal": {"sysfs_root": str(tmp / "no-sysfs")},
-        "model": {
-            "mid_every": 4,
-            "vqvae": {
-                "codebook_size": 16,
-                "code_dim": 4,
-                "n_tokens": 2,
-                "hidden_dim": 16,
-                "n_hidden": 1,
-                "conv_channels": [4, 4],
-            },
-            "mid": {"d_model": 16, "d_state": 8, "n_layers": 1, "token_embed_dim": 4, "context_dim": 4},
-            "fast": {"d_model": 16, "d_state": 8, "n_layers": 1},
-        },
-        "components": {
-            "vqvae": {**comp, "batch_size": 8},
-            "mid_loop": {**comp, "batch_size": 2, "window_s": 1.0},
-            "fast_loop": {**comp, "batch_size": 8, "window_s": 0.1},
-        },
-    }
-    path = tmp / "car.json"
-    path.write_text(json.dumps(config))
+    path = seed_config(
+        tmp,
+        tmp / "episodes",
+        name="car.json",
+        model=TINY_CAMERA_MODEL,
+        components=tiny_components(3, batch=(8, 2, 8), shuffle_buffer=64),
+        normalizer_episodes=3,
+        image_keys=[IMAGE_KEY],
+    )
     assert main(["train", "--config", str(path), "--json"]) == 0
     hope = json.loads((tmp / "models" / "candidate" / "config.json").read_text())
     assert hope["image_keys"] == [IMAGE_KEY] and hope["image_shapes"] == {IMAGE_KEY: [120, 160, 3]}
@@ -361,16 +341,10 @@ def variants(tmp_path: Path, monkeypatch) -> str:
     return "car_variants"
 
 
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_eval_drives_an_image_model_through_brain_service(car_model: Path, capsys) -> None:
     capsys.readouterr()
     args = ["eval", "--model-root", str(car_model), "--slot", "candidate", "--episodes", "1"]
-    code, out, err = run_cli(capsys, *args, "--env", "drive2d", "--json")
+    code, out, err = main_cli(capsys, *args, "--env", "drive2d", "--json")
     assert code == 0, err
     result = json.loads(out)
     manifest = json.loads((car_model / "candidate" / "manifest.json").read_text())
@@ -380,25 +354,25 @@ def test_eval_drives_an_image_model_through_brain_service(car_model: Path, capsy
     assert row["length"] >= 1 and math.isfinite(row["return"])
     assert result["baselines"]["expert"]["success_rate"] == 1.0
     assert result["baselines"]["random"]["success_rate"] == 0.0
-    code, out, err = run_cli(capsys, *args, "--env", "drive2d")
+    code, out, err = main_cli(capsys, *args, "--env", "drive2d")
     assert code == 0 and "through BrainService.act" in out and "tracking error" in out
 
 
 def test_eval_takes_module_env_ids_and_names_mismatched_keys_and_shapes(car_model: Path, variants: str, capsys) -> None:
     capsys.readouterr()
     args = ["eval", "--model-root", str(car_model), "--slot", "candidate", "--episodes", "1", "--json"]
-    code, out, err = run_cli(capsys, *args, "--env", f"{variants}:ShortCar-v0")
+    code, out, err = main_cli(capsys, *args, "--env", f"{variants}:ShortCar-v0")
     assert code == 0, err
     result = json.loads(out)
     assert result["env"] == f"{variants}:ShortCar-v0" and result["per_episode"][0]["length"] <= 40
 
-    code, out, err = run_cli(capsys, *args, "--env", f"{variants}:FrontCamCar-v0")
+    code, out, err = main_cli(capsys, *args, "--env", f"{variants}:FrontCamCar-v0")
     assert code == 2 and out == ""
     assert "does not fit env" in err and "'front'" in err and "'cam/image_array'" in err and "[120, 160, 3]" in err
 
-    code, out, err = run_cli(capsys, *args, "--env", f"{variants}:SmallCar-v0")
+    code, out, err = main_cli(capsys, *args, "--env", f"{variants}:SmallCar-v0")
     assert code == 2 and out == ""
     assert "image 'cam/image_array': the model takes [120, 160, 3], the env gives [60, 80, 3]" in err
 
-    code, out, err = run_cli(capsys, *args, "--env", "no_such_module_for_cars:Car-v0")
+    code, out, err = main_cli(capsys, *args, "--env", "no_such_module_for_cars:Car-v0")
     assert code == 2 and out == "" and "no_such_module_for_cars" in err

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_MODEL, main_cli, seed_config, tiny_components
 
 from continuonbrain.cli import main
 from continuonbrain.hope import HopeBrain
@@ -85,33 +86,6 @@ def test_an_env_without_success_or_distance_gives_nulls_and_no_expert() -> None:
 # --- the eval command, through BrainService ------------------------------------------------
 
 
-def tiny_config(tmp: Path, episodes: Path) -> Path:
-    """A seed small enough to train in a few seconds (shapes come from the episodes)."""
-    comp = {"max_steps": 4, "checkpoint_every": 100, "shuffle_buffer": 256, "warmup_steps": 1}
-    data = {
-        "rlds_dir": str(episodes),
-        "model_root": str(tmp / "models"),
-        "run_dir": str(tmp / "run"),
-        "torch_threads": 1,
-        "normalizer_episodes": 10,
-        "thermal": {"sysfs_root": str(tmp / "no-sysfs")},
-        "model": {
-            "mid_every": 4,
-            "vqvae": {"codebook_size": 16, "code_dim": 4, "n_tokens": 2, "hidden_dim": 16, "n_hidden": 1},
-            "mid": {"d_model": 16, "d_state": 8, "n_layers": 1, "token_embed_dim": 4, "context_dim": 4},
-            "fast": {"d_model": 16, "d_state": 8, "n_layers": 1},
-        },
-        "components": {
-            "vqvae": {**comp, "batch_size": 32},
-            "mid_loop": {**comp, "batch_size": 4, "window_s": 1.0},
-            "fast_loop": {**comp, "batch_size": 16, "window_s": 0.1},
-        },
-    }
-    path = tmp / "tiny.json"
-    path.write_text(json.dumps(data))
-    return path
-
-
 @pytest.fixture(scope="module")
 def pendulum_model(tmp_path_factory) -> Path:
     """A tiny HOPE seed trained on random Pendulum-v1 episodes (3 floats in, 1 torque out):
@@ -122,20 +96,17 @@ def pendulum_model(tmp_path_factory) -> Path:
     episodes = tmp / "episodes"
     summary = collect_to_dir("Pendulum-v1", 3, episodes, seed=0, policy="random", max_steps=40)
     assert summary["episodes"] == 3 and summary["steps"] == 120
-    assert main(["train", "--config", str(tiny_config(tmp, episodes)), "--json"]) == 0
+    config = seed_config(
+        tmp, episodes, name="tiny.json", model=TINY_MODEL, components=tiny_components(4), normalizer_episodes=10
+    )
+    assert main(["train", "--config", str(config), "--json"]) == 0
     return tmp / "models"
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_eval_json_drives_the_model_through_brain_service(pendulum_model: Path, capsys) -> None:
     capsys.readouterr()  # the fixture's training summary
     args = ["eval", "--env", "Pendulum-v1", "--model-root", str(pendulum_model), "--slot", "candidate"]
-    code, out, err = run_cli(capsys, *args, "--episodes", "2", "--seed", "5", "--json")
+    code, out, err = main_cli(capsys, *args, "--episodes", "2", "--seed", "5", "--json")
     assert code == 0, err
     result = json.loads(out)  # exactly one JSON object on stdout
     manifest = json.loads((pendulum_model / "candidate" / "manifest.json").read_text())
@@ -154,23 +125,23 @@ def test_eval_json_drives_the_model_through_brain_service(pendulum_model: Path, 
     assert [r["return"] for r in direct["per_episode"]] == pytest.approx(
         [r["return"] for r in result["per_episode"]], rel=1e-6
     )
-    code, out, _ = run_cli(capsys, *args, "--episodes", "1")
+    code, out, _ = main_cli(capsys, *args, "--episodes", "1")
     assert code == 0 and "through BrainService.act" in out and "no scripted expert" in out
 
 
 def test_eval_errors_name_the_problem(pendulum_model: Path, tmp_path: Path, capsys) -> None:
     capsys.readouterr()
-    code, out, err = run_cli(capsys, "eval", "--env", "reach2d", "--model-root", str(pendulum_model), "--json")
+    code, out, err = main_cli(capsys, "eval", "--env", "reach2d", "--model-root", str(pendulum_model), "--json")
     assert code == 2 and out == "" and "current" in err and "empty" in err
-    code, out, err = run_cli(
+    code, out, err = main_cli(
         capsys, "eval", "--env", "reach2d", "--model-root", str(pendulum_model), "--slot", "candidate", "--json"
     )
     assert code == 2 and out == ""
     assert "does not fit env 'reach2d'" in err and "3 numbers, the env gives 10" in err
-    code, _, err = run_cli(capsys, "eval", "--env", "reach2d", "--model-root", str(tmp_path / "nope"))
+    code, _, err = main_cli(capsys, "eval", "--env", "reach2d", "--model-root", str(tmp_path / "nope"))
     assert code == 2 and "no model store" in err
     args = ["eval", "--model-root", str(pendulum_model), "--slot", "candidate"]
-    code, _, err = run_cli(capsys, *args, "--env", "NoSuchEnv-v0")
+    code, _, err = main_cli(capsys, *args, "--env", "NoSuchEnv-v0")
     assert code == 2 and "NoSuchEnv" in err
-    code, _, err = run_cli(capsys, *args, "--env", "Pendulum-v1", "--episodes", "0")
+    code, _, err = main_cli(capsys, *args, "--env", "Pendulum-v1", "--episodes", "0")
     assert code == 2 and "episodes" in err

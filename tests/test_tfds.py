@@ -9,15 +9,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import make_episode, make_image_episode, png_bytes
-from hypothesis import HealthCheck, given, settings
+from conftest import consume_scan, fuzz_settings, make_episode, make_image_episode, png_bytes
+from hypothesis import given
 from hypothesis import strategies as st
 
 from continuonbrain.rlds import Episode, ImageColumn, LazyImage, RLDSError, read_episodes, scan_episodes, tfds
 from continuonbrain.rlds.example_proto import build_example, parse_example
 from continuonbrain.rlds.tfrecord import frame_record, iter_records, write_records
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = fuzz_settings(40)
 CLS = "tensorflow_datasets.core.features"
 
 
@@ -667,24 +667,12 @@ def test_failing_hooks_become_rlds_errors(tmp_path: Path) -> None:
 # --- property-based: only RLDSError ever comes out ----------------------------------------
 
 
-def consume(path: Path, **options: Any) -> None:
-    try:
-        for result in scan_episodes(path, **options):
-            if result.error is not None:
-                assert isinstance(result.error, RLDSError)
-                str(result.error)
-            else:
-                assert len(result.episode) > 0
-    except RLDSError:
-        pass
-
-
 @SETTINGS
 @given(data=st.binary(max_size=400))
 def test_random_bytes_shard(tmp_path_factory, data: bytes) -> None:
     path = tmp_path_factory.mktemp("rb") / "x.tfrecord"
     path.write_bytes(data)
-    consume(path)
+    consume_scan(path)
 
 
 @SETTINGS
@@ -692,7 +680,7 @@ def test_random_bytes_shard(tmp_path_factory, data: bytes) -> None:
 def test_random_record_payload(tmp_path_factory, data: bytes) -> None:
     path = tmp_path_factory.mktemp("rp") / "x.tfrecord"
     write_records(path, [data])
-    consume(path)
+    consume_scan(path)
 
 
 def valid_dataset(root: Path) -> Path:
@@ -716,7 +704,7 @@ def test_mutated_valid_shard(tmp_path_factory, edits: list[tuple[int, int]], cut
     if cut is not None:
         data = data[: cut % (len(data) + 1)]
     write_records(shard, [bytes(data)])  # valid framing around a damaged Example
-    consume(root)
+    consume_scan(root)
 
 
 json_values = st.recursive(
@@ -734,7 +722,7 @@ json_values = st.recursive(
 def test_random_features_json(tmp_path_factory, features: Any) -> None:
     root = valid_dataset(tmp_path_factory.mktemp("fj"))
     (root / "features.json").write_text(json.dumps(features))
-    consume(root)
+    consume_scan(root)
 
 
 FUZZ_KEYS = [
@@ -769,4 +757,4 @@ def test_well_formed_examples_with_random_fields(tmp_path_factory, feats: dict[s
     elif spec == "ours":
         (root / "features.json").write_text((valid_dataset(root / "src") / "features.json").read_text())
     write_records(root / "x-train.tfrecord-00000-of-00001", [build_example(feats)] * 2)
-    consume(root)
+    consume_scan(root)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from conftest import consume_records, fuzz_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from continuonbrain.rlds import RLDSError
@@ -36,7 +36,7 @@ TF_EXAMPLE = bytes.fromhex(
 )
 
 PAYLOADS = [b"first", b"", b"x" * 1000, bytes(range(256))]
-SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = fuzz_settings(80)
 
 
 def record_offsets(payloads: list[bytes]) -> list[int]:
@@ -254,25 +254,12 @@ def test_malformed_example_raises_rlds_error() -> None:
 # --- property-based: only RLDSError ever comes out ----------------------------------------
 
 
-def consume(path: Path) -> None:
-    records = list(scan_records(path))
-    assert not any(r.fatal for r in records[:-1]), "a fatal error must end the file"
-    for record in records:
-        assert (record.data is None) != (record.error is None)
-        if record.error is not None:
-            assert isinstance(record.error, RLDSError) and record.error.file == str(path)
-    with contextlib.suppress(RLDSError):
-        for _offset, payload in iter_records(path, on_data_error=lambda err: None):
-            with contextlib.suppress(RLDSError):
-                parse_example(payload)
-
-
 @SETTINGS
 @given(data=st.binary(max_size=300))
 def test_random_bytes(tmp_path_factory, data: bytes) -> None:
     path = tmp_path_factory.mktemp("rb") / "x.tfrecord"
     path.write_bytes(data)
-    consume(path)
+    consume_records(path)
 
 
 @SETTINGS
@@ -280,7 +267,7 @@ def test_random_bytes(tmp_path_factory, data: bytes) -> None:
 def test_random_bytes_behind_gzip_magic(tmp_path_factory, data: bytes) -> None:
     path = tmp_path_factory.mktemp("rg") / "x.tfrecord.gz"
     path.write_bytes(b"\x1f\x8b" + data)
-    consume(path)
+    consume_records(path)
 
 
 VALID = b"".join(frame_record(p) for p in [TF_EXAMPLE, b"", b"payload" * 5])
@@ -300,4 +287,4 @@ def test_mutated_valid_file(tmp_path_factory, compress: bool, edits: list[tuple[
         data = data[: cut % (len(data) + 1)]
     path = tmp_path_factory.mktemp("mut") / "x.tfrecord"
     path.write_bytes(bytes(data))
-    consume(path)
+    consume_records(path)
