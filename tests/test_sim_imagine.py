@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import seed_components, seed_config
 
 from continuonbrain.cli import main
 from continuonbrain.rlds import read_episodes, write_episodes
@@ -20,6 +22,7 @@ from continuonbrain.sim.imagine import (
     goal_for,
     imagine_to_dir,
     load_world_model,
+    open_slot,
     select_starts,
 )
 from continuonbrain.trainer.hope_data import episode_source
@@ -31,28 +34,18 @@ SMALL = {"horizon": 3, "history": 2, "population": 24, "elites": 6, "iterations"
 
 
 def tiny_config(tmp: Path, episodes: Path, steps: int = 40, **overrides) -> SequentialConfig:
-    comps = {
-        "vqvae": {"max_steps": steps, "batch_size": 128, "checkpoint_every": 1000, "shuffle_buffer": 512},
-        "mid_loop": {"max_steps": steps, "batch_size": 16, "window_s": 2.0, "checkpoint_every": 1000},
-        "fast_loop": {"max_steps": min(steps, 10), "batch_size": 64, "window_s": 0.1, "checkpoint_every": 1000},
-    }
-    data = {
-        "rlds_dir": str(episodes),
-        "model_root": str(tmp / "models"),
-        "run_dir": str(tmp / "run"),
-        "torch_threads": 1,
-        "components": comps,
-        "thermal": {"sysfs_root": str(tmp / "no-sysfs")},
-        "model": {
+    """A small seed (the shipped model's shapes, a narrower VQ-VAE and Mid/Fast loops), written to
+    ``tmp/config.json``; ``overrides`` replace top-level keys (``model`` too)."""
+    model = overrides.pop(
+        "model",
+        {
             "vqvae": {"codebook_size": 64, "hidden_dim": 64},
             "mid": {"d_model": 32, "d_state": 32},
             "fast": {"d_model": 16, "d_state": 16},
         },
-        **overrides,
-    }
-    path = tmp / "config.json"
-    path.write_text(json.dumps(data))
-    return SequentialConfig.from_json(path)
+    )
+    components = seed_components(steps, fast_steps=min(steps, 10), mid_batch=16, shuffle_buffer=512)
+    return SequentialConfig.from_json(seed_config(tmp, episodes, model=model, components=components, **overrides))
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +246,37 @@ def test_cli_imagine_errors(trained, tmp_path: Path, capsys) -> None:
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(ImagineError, match="no known goal"):
         goal_for("donkey")
+
+
+def test_imagine_reads_the_store_through_its_verification(trained, tmp_path: Path) -> None:
+    """The slot is opened through the model store: a weight file that no longer matches its
+    sha256 in the manifest is refused before anything is loaded."""
+    model_root, _ = trained
+    copy = tmp_path / "models"
+    shutil.copytree(model_root, copy, symlinks=True)
+    slot = open_slot(copy)
+    version = json.loads((copy / "candidate" / "manifest.json").read_text())["version"]
+    assert slot.name == "candidate" and slot.version == version
+    weights = slot.directory / "mid_loop.safetensors"
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    with pytest.raises(ImagineError, match="sha256"):
+        load_world_model(copy, "reach2d")
+    with pytest.raises(ImagineError, match="holds no model"):
+        open_slot(copy, "current")
+    with pytest.raises(ImagineError, match="unknown slot"):
+        open_slot(copy, "history")
+
+
+#: Every public name of continuonbrain.sim.imagine when it was one module.
+PUBLIC_NAMES = [
+    "GOALS", "METHODS", "Goal", "ImagineError", "ModelInfo", "SearchConfig", "SearchResult", "StartState",
+    "WorldModel", "cem_search", "detect_env", "goal_for", "imagine_to_dir", "imagined_episode",
+    "load_world_model", "select_starts",
+]  # fmt: skip
+
+
+def test_the_package_keeps_every_public_name() -> None:
+    import continuonbrain.sim.imagine as imagine
+
+    assert [n for n in PUBLIC_NAMES if not hasattr(imagine, n)] == []
+    assert set(imagine.__all__) >= set(PUBLIC_NAMES) - {"ModelInfo", "detect_env"}
