@@ -7,30 +7,17 @@ import json
 import shutil
 import stat
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import ARM_SEED_EPISODES, copy_store, live_server, make_variant
+from conftest import ARM_SEED_EPISODES, copy_store, live_server, make_variant, wait_for
 
 from continuonbrain.runtime.api import create_app
 from continuonbrain.trainer.store import PromotionStore
 
 OBS = [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.5, 0.2, 1.0, 0.0]
-
-
-def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
-    """Poll until ``predicate()`` is truthy and return it (generous: CI shares its CPUs)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -391,3 +378,93 @@ def _up(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/api/status", timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+#: Every route of the API, as (path, method): the OpenAPI document lists exactly these.
+ROUTES = {
+    ("/api/status", "get"),
+    ("/api/infer", "post"),
+    ("/api/models", "get"),
+    ("/api/models/promote", "post"),
+    ("/api/models/rollback", "post"),
+    ("/api/training/sequential", "post"),
+    ("/api/training/adapt", "post"),
+    ("/api/training/stop", "post"),
+    ("/api/training/status", "get"),
+    ("/api/training/events", "get"),
+    ("/api/episodes", "get"),
+    ("/api/episodes/quarantine", "post"),
+    ("/api/sim/reset", "post"),
+    ("/api/sim/step", "post"),
+}
+#: The routes that need the token.
+AUTH_ROUTES = {
+    ("/api/models/promote", "post"),
+    ("/api/models/rollback", "post"),
+    ("/api/training/sequential", "post"),
+    ("/api/training/adapt", "post"),
+    ("/api/training/stop", "post"),
+    ("/api/episodes/quarantine", "post"),
+}
+
+
+def test_openapi_lists_every_route_and_the_token_routes_document_401(tmp_path: Path) -> None:
+    """One router per area, one document: the same paths and methods as ever, each with the
+    400 and 500 every route can answer, and a 401 exactly where the token is needed."""
+    spec = create_app(tmp_path / "models", token="t").openapi()
+    ops = {(path, method): op for path, item in spec["paths"].items() for method, op in item.items()}
+    assert set(ops) == ROUTES
+    for key, op in ops.items():
+        assert {"400", "500"} <= set(op["responses"]), key
+        assert ("401" in op["responses"]) == (key in AUTH_ROUTES), key
+
+
+class _FixedService:
+    """A BrainService stand-in: ``act`` answers one fixed action (the app takes any service)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def act(self, obs, session_id, reset):
+        from types import SimpleNamespace
+
+        self.calls.append((obs, session_id, reset))
+        return SimpleNamespace(
+            action=np.array([0.25, -0.5]), model_version="fixed", latency_us=1, session_id=session_id, fresh_state=True
+        )
+
+
+def test_the_routes_use_the_service_the_app_was_given(tmp_path: Path) -> None:
+    """Behaviour comes in through create_app's parameters: no module global to patch."""
+    service = _FixedService()
+    app = create_app(tmp_path / "models", token="t", service=service)
+    with live_server(app) as url:
+        r = httpx.post(f"{url}/api/infer", json={"observation": OBS, "session_id": "s1"}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json() == {
+            "action": [0.25, -0.5],
+            "model_version": "fixed",
+            "latency_us": 1,
+            "session_id": "s1",
+            "fresh_state": True,
+        }
+        assert service.calls == [(OBS, "s1", False)]
+        assert httpx.post(f"{url}/api/training/stop", timeout=30).status_code == 401
+        stop = httpx.post(f"{url}/api/training/stop", headers={"Authorization": "Bearer t"}, timeout=30)
+        assert stop.status_code == 200 and stop.json() == {"stopping": False, "message": "no job is running"}
+
+
+def test_the_package_keeps_the_names_of_the_module() -> None:
+    """runtime/api.py became a package: every public name of the module is still there."""
+    import continuonbrain.runtime.api as api
+
+    for name in ("PACKAGE_DIR", "WEB_DIR", "CONFIG_DIR", "DEFAULT_TRAIN_CONFIG", "DEFAULT_ADAPT_CONFIG"):
+        assert isinstance(getattr(api, name), Path), name
+    assert api.WEB_DIR.is_dir() and api.DEFAULT_TRAIN_CONFIG.is_file() and api.DEFAULT_ADAPT_CONFIG.is_file()
+    assert api.BLOCKING_GATES == ("teleop", "battery", "thermal") and api.SSE_POLL_S > 0
+    assert set(api.ERROR_TEXT) == {400, 401, 404, 409, 413, 422, 429, 500, 503, 507}
+    assert callable(api.create_app) and callable(api.server_config) and callable(api.serve)

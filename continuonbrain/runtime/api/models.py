@@ -1,0 +1,74 @@
+"""``/api/models``: the model store, promotion (the same gate as ``continuonbrain models
+promote``) and rollback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import HTTPException, Query
+
+from continuonbrain.models.store import StorageError, StoreError
+from continuonbrain.runtime.api.context import AUTH, Ctx, brief
+from continuonbrain.runtime.api.errors import area_router, error_responses, io_error
+from continuonbrain.runtime.api_models import RollbackRequest
+
+router = area_router()
+
+
+@router.get("/api/models", responses=error_responses(422))
+def models(ctx: Ctx, audit: int = Query(default=50, ge=0, le=10_000)) -> dict[str, Any]:
+    """Candidate, current and history with their metrics, and the newest audit records."""
+    info = ctx.store.describe(audit=audit)
+    served = ctx.service.status()
+    info["serving"] = served["version"]
+    info["refused"] = served["refused"]
+    return info
+
+
+@router.post("/api/models/promote", dependencies=AUTH, responses=error_responses(401, 409, 507))
+def promote(ctx: Ctx) -> dict[str, Any]:
+    """Gate the candidate (shadow evaluation, action-distance and bounds guards); promote it if it passes."""
+    from continuonbrain.models.promotion import promote_candidate  # the gate (not the training loop)
+
+    jobs = ctx.jobs
+    if jobs.running() and jobs.job is not None and jobs.job.kind == "adapt":
+        raise HTTPException(409, "an adaptation job owns the store right now; wait for it or stop it")
+    if not ctx.store_lock.acquire(blocking=False):
+        raise HTTPException(409, "a promotion or rollback is already in progress")
+    try:
+        result, info = promote_candidate(ctx.model_root, rlds_dir=ctx.rlds_dir)
+    except StorageError as exc:  # nothing half-written is left: the store cleaned up
+        raise HTTPException(507 if exc.disk_full else 500, str(exc)) from None
+    except StoreError as exc:
+        raise HTTPException(409, str(exc)) from None
+    except OSError as exc:
+        raise io_error("promotion", exc) from None
+    finally:
+        ctx.store_lock.release()
+    version = ctx.service.reload()
+    return {
+        "promoted": result.passed,
+        "reason": result.reason,
+        "gate": result.to_dict(),
+        "model_version": version,
+        "current": brief(info["current"]),
+        "candidate": brief(info["candidate"]),
+    }
+
+
+@router.post("/api/models/rollback", dependencies=AUTH, responses=error_responses(401, 404, 409, 422, 507))
+def rollback(ctx: Ctx, req: RollbackRequest | None = None) -> dict[str, Any]:
+    """Make a history version current again (the newest one when ``version`` is omitted)."""
+    if not ctx.store_lock.acquire(blocking=False):
+        raise HTTPException(409, "a promotion or rollback is already in progress")
+    try:
+        record = ctx.store.rollback(req.version if req else None)
+    except StoreError as exc:
+        code = 404 if req and req.version and "not in history" in str(exc) else 409
+        raise HTTPException(code, str(exc)) from None
+    except OSError as exc:
+        raise io_error("rollback", exc) from None
+    finally:
+        ctx.store_lock.release()
+    version = ctx.service.reload()
+    return {"rolled_back": True, "model_version": version, "record": record}
