@@ -1,274 +1,330 @@
-"""The local LoRA trainer's job config: :class:`LocalTrainerJobConfig` (``configs/pi5-donkey.json``)
-with every field documented, JSON loading and ``--set key=value`` overrides.
+"""The local LoRA trainer's job config: :class:`LocalTrainerJobConfig` (``configs/sim-arm-lora.json``,
+``configs/pi5-donkey.json``), every field documented, in sections.
 
-Torch-free and scheduler-free at import: the command-line parser and ``import
-continuonbrain.trainer`` stay light (the scheduler loads on the first :meth:`gating_config`).
+A :class:`~continuonbrain.config_base.ConfigModel` like every config of the project: strict
+keys, range checks naming the field (``LocalTrainerJobConfig.lora.rank: ...``), relative paths
+resolved against the file, and dotted overrides (``continuonbrain adapt --set lora.rank=8``,
+``LocalTrainerJobConfig.load(path, overrides={"budgets.max_steps": 50})``).
+
+The fields are grouped into sections::
+
+    rlds_dir, model_root, log_dir, base_model_path, seed, torch_threads     where things are, the run's seed
+    data       min/max_episodes, max_imagined_fraction, observation_keys, action_keys, window_s
+    budgets    max_steps, max_wall_time_s, memory_budget_mb, min_available_mb
+    thermal    max_temp_c, resume_temp_c, sysfs_root, poll_s, max_pause_s   (the seed trainer's ThermalConfig)
+    training   batch_size, shuffle_buffer_multiplier, learning_rate, weight_decay, grad_clip,
+               log_every_steps, checkpoint_every
+    lora       layers, rank, alpha, dropout
+    guards     per_key_bounds, numeric_abs_limit, delta_weight   (the gate's default guards)
+    safety     SafetyGateConfig fields (the gate's thresholds)
+    store      max_history, keep_logs
+    gates      min_battery, max_temp_c, require_idle, min_new_episodes, robot_state_file (start gates)
+
+**The flat layout still loads.** Configs written before the sections (every field at the top,
+e.g. an older ``pi5-donkey.json``) load as they did: each old key is moved to its section
+(:data:`LEGACY_KEYS`; ``include_imagined`` becomes ``data.max_imagined_fraction`` 1 or 0,
+``thermal_stop_c`` becomes ``thermal.max_temp_c``, where training now pauses instead of
+stopping). Old flat names work in overrides too (``--set max_steps=50``) and as read-only
+attributes (``cfg.max_steps`` is ``cfg.budgets.max_steps``) for code written against them.
+
+Torch-free at import: the command-line parser and ``import continuonbrain.trainer`` stay light.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Annotated, Any, ClassVar, Self
 
-from continuonbrain.trainer.safety import ActionDistance, SafetyGateConfig, Violates, build_simple_action_guards
+from pydantic import Field, field_validator, model_validator
 
-if TYPE_CHECKING:  # the scheduler (and the TFDS reader it pulls in) loads on first use: the CLI parser stays light
-    from continuonbrain.trainer.scheduler import GatingConfig
+from continuonbrain.config_base import ConfigModel, PathStr, parse_set
+from continuonbrain.models.safety import ActionDistance, SafetyGateConfig, Violates, build_simple_action_guards
+from continuonbrain.robot.gates import GatingConfig
+from continuonbrain.robot.sensors import DEFAULT_STATE_FILE
+from continuonbrain.trainer.train_config import ThermalConfig
 
-__all__ = ["PATH_FIELDS", "LocalTrainerJobConfig", "parse_set"]
+__all__ = ["LEGACY_KEYS", "PATH_FIELDS", "LocalTrainerJobConfig", "parse_set"]
 
-#: Config fields holding paths: relative ones resolve against the config file (JSON) or the
+#: Fields holding paths (dotted): relative ones resolve against the config file (JSON) or the
 #: working directory (command-line overrides).
-PATH_FIELDS = ("rlds_dir", "model_root", "log_dir", "base_model_path", "sysfs_root", "robot_state_file")
+PATH_FIELDS = ("rlds_dir", "model_root", "log_dir", "base_model_path", "thermal.sysfs_root", "gates.robot_state_file")
+
+NonEmpty = Annotated[str, Field(min_length=1)]
 
 
-@dataclass
-class LocalTrainerJobConfig:
-    """One on-robot adaptation job (``configs/pi5-donkey.json``), field by field.
+class AdaptData(ConfigModel):
+    """Which episodes a run trains on."""
+
+    config_name: ClassVar[str] = "LocalTrainerJobConfig.data"
+
+    min_episodes: int = Field(16, ge=1)
+    """Fewer good episodes than this: the run ends with status "no_data" and writes nothing."""
+    max_episodes: int = Field(256, ge=1)
+    """Only the newest ``max_episodes`` are used (read order: names grow with time)."""
+    max_imagined_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """Largest share of imagined (model-generated) episodes among those trained on, counted in
+    episodes at every point of the stream (the seed trainer's rule). 0: real episodes only.
+    The gate never uses imagined episodes: it compares with what the robot actually did."""
+    observation_keys: list[NonEmpty] | None = None
+    """Dict observations: numeric keys forming the state vector, in order. Null: the seed's
+    ``state_keys`` (HOPE), else all numeric keys sorted."""
+    action_keys: list[NonEmpty] | None = None
+    """Names of the action components, in order: the keys of dict actions (concatenated in this
+    order) or names for the components of vector actions. The guards' ``per_key_bounds``
+    refer to these names, and shadow evaluation hands actions to the guards as
+    ``{name: value}`` dicts. Null: vectors, components named "0", "1", ..."""
+    window_s: float = Field(0.1, gt=0)
+    """Fast-loop window length in seconds (50-100 ms)."""
+
+    @model_validator(mode="after")
+    def _range(self) -> Self:
+        if self.max_episodes < self.min_episodes:
+            raise ValueError(f"max_episodes ({self.max_episodes}) must be >= min_episodes ({self.min_episodes})")
+        return self
+
+
+class AdaptBudgets(ConfigModel):
+    """What a run may spend; a spent budget ends training and the adapter is gated."""
+
+    config_name: ClassVar[str] = "LocalTrainerJobConfig.budgets"
+
+    max_steps: int = Field(300, ge=1)
+    """Optimizer steps at most."""
+    max_wall_time_s: float | None = Field(300.0, gt=0)
+    """Wall-clock seconds at most, counted from the start of the job (loading and thermal pauses
+    included; a resumed run counts on from where the killed one stopped)."""
+    memory_budget_mb: float | None = Field(1024.0, gt=0)
+    """Process RSS budget in MB, checked every step; over it, training checkpoints and stops
+    ("memory", resumable with ``--resume``)."""
+    min_available_mb: float | None = Field(300.0, gt=0)
+    """Stop (as for ``memory_budget_mb``) when the system's available memory falls below this
+    (MB); null: no floor."""
+
+
+class AdaptTraining(ConfigModel):
+    """Optimisation, logging and checkpoints."""
+
+    config_name: ClassVar[str] = "LocalTrainerJobConfig.training"
+
+    batch_size: int = Field(64, ge=1)
+    """Windows per batch."""
+    shuffle_buffer_multiplier: int = Field(8, ge=1)
+    """Shuffle buffer size in batches (the buffer holds ``batch_size * this`` windows)."""
+    learning_rate: float = Field(1e-2, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(1.0, ge=0)
+    """Gradient-norm clip; null or 0: none."""
+    log_every_steps: int = Field(10, ge=1)
+    """A log line (mean loss since the last one) every N steps."""
+    checkpoint_every: int = Field(25, ge=1)
+    """Checkpoint (adapter weights, optimizer, RNG, data position) every N steps, so that a run
+    killed mid-training continues with ``--resume`` and ends with the uninterrupted run's adapter."""
+
+
+class LoraSection(ConfigModel):
+    """The adapters."""
+
+    config_name: ClassVar[str] = "LocalTrainerJobConfig.lora"
+
+    layers: list[NonEmpty] = Field(default_factory=lambda: ["fast_loop.*"], min_length=1)
+    """Linear layers that get adapters: exact module paths, names matched at the end of a path
+    (PEFT's rule), or globs (``"fast_loop.*"``). HOPE: Fast-loop layers only (the
+    behaviour-cloning loss trains the Fast loop)."""
+    rank: int = Field(4, ge=1)
+    alpha: float = Field(8.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _one_layer(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class GuardsSection(ConfigModel):
+    """The gate's default guards, used when the hooks bring none."""
+
+    config_name: ClassVar[str] = "LocalTrainerJobConfig.guards"
+
+    per_key_bounds: dict[str, list[float]] = Field(default_factory=dict)
+    """Bounds per action name, e.g. ``{"steering": [-1, 1], "throttle": [-1, 1]}``."""
+    numeric_abs_limit: float | None = Field(None, gt=0)
+    """No action component may exceed this in absolute value; null: no limit."""
+    delta_weight: float = Field(1.0, gt=0)
+    """Scale of the action distance."""
+
+    @field_validator("per_key_bounds")
+    @classmethod
+    def _pairs(cls, bounds: dict[str, list[float]]) -> dict[str, list[float]]:
+        for key, pair in bounds.items():
+            if len(pair) != 2 or not pair[0] < pair[1]:
+                raise ValueError(f"per_key_bounds[{key!r}] must be [low, high] with low < high, got {pair!r}")
+        return bounds
+
+
+class StoreSection(ConfigModel):
+    """What is kept."""
+
+    config_name: ClassVar[str] = "LocalTrainerJobConfig.store"
+
+    max_history: int = Field(10, ge=1)
+    """Earlier currents kept in ``history/`` (and rejected candidates kept in ``rejected/``)."""
+    keep_logs: int = Field(20, ge=1)
+    """Run logs kept in ``log_dir``."""
+
+
+class GatesSection(ConfigModel):
+    """When a gated run (``--gated``, the scheduler) may start (:mod:`continuonbrain.robot.gates`)."""
+
+    config_name: ClassVar[str] = "LocalTrainerJobConfig.gates"
+
+    min_battery: float = Field(0.4, ge=0, le=1)
+    """Battery fraction needed to start (0.4 = 40 %)."""
+    max_temp_c: float = 75.0
+    """SoC temperature above which a run does not start (°C); below ``thermal.max_temp_c``, where
+    a running job pauses."""
+    require_idle: bool = True
+    """Only train when the robot says it is idle (false: boards without a robot stack)."""
+    min_new_episodes: int = Field(1, ge=1)
+    """New episodes needed since the last run that trained."""
+    robot_state_file: PathStr = DEFAULT_STATE_FILE
+    """The robot stack's state file (mode, idle, teleop); default
+    :data:`continuonbrain.robot.sensors.DEFAULT_STATE_FILE`."""
+
+
+def _thermal_stop(value: Any) -> dict[str, Any]:
+    return {"thermal.max_temp_c": value}
+
+
+def _include_imagined(value: Any) -> dict[str, Any]:
+    if not isinstance(value, bool):
+        raise ValueError(f"include_imagined must be true or false, got {value!r}")
+    return {"data.max_imagined_fraction": 1.0 if value else 0.0}
+
+
+#: The flat layout's keys (before the sections) -> where they live now.
+LEGACY_KEYS: dict[str, Any] = {
+    **{k: f"data.{k}" for k in ("min_episodes", "max_episodes", "observation_keys", "action_keys", "window_s")},
+    "include_imagined": _include_imagined,
+    **{k: f"budgets.{k}" for k in ("max_steps", "max_wall_time_s", "memory_budget_mb", "min_available_mb")},
+    "thermal_stop_c": _thermal_stop,
+    "sysfs_root": "thermal.sysfs_root",
+    **{
+        k: f"training.{k}"
+        for k in ("batch_size", "shuffle_buffer_multiplier", "learning_rate", "weight_decay", "grad_clip")
+    },
+    "log_every_steps": "training.log_every_steps",
+    **{f"lora_{k}": f"lora.{k}" for k in ("layers", "rank", "alpha", "dropout")},
+    **{k: f"guards.{k}" for k in ("per_key_bounds", "numeric_abs_limit", "delta_weight")},
+    **{k: f"store.{k}" for k in ("max_history", "keep_logs")},
+    **{k: f"gates.{k}" for k in ("min_battery", "max_temp_c", "require_idle", "min_new_episodes", "robot_state_file")},
+}
+
+
+class LocalTrainerJobConfig(ConfigModel):
+    """One on-robot adaptation job, field by field (see the module doc for the sections).
 
     JSON has no comments, so every field is documented here; unknown keys are rejected (a
     typo must not silently fall back to a default) and keys starting with ``_`` are ignored.
     """
 
-    # -- where things are
-    #: The robot's RLDS episodes (any layout ``read_episodes`` takes).
-    rlds_dir: str = "/opt/continuonos/brain/rlds/episodes"
-    #: The model store: ``current/`` is the base, the adapter goes through ``candidate/``.
-    model_root: str = "/opt/continuonos/brain/models"
-    #: Per-run JSONL logs, ``status.json`` and the new-episode watermark.
-    log_dir: str = "/opt/continuonos/brain/trainer/logs"
-    #: The model to adapt: a HOPE model directory. Null: ``<model_root>/current`` (loaded
-    #: without its adapter: each run trains a fresh adapter on the seed). With a custom
-    #: ``base_model_loader`` this is the path it is given.
-    base_model_path: str | None = None
+    config_name: ClassVar[str] = "LocalTrainerJobConfig"
+    legacy_keys: ClassVar[Mapping[str, Any]] = LEGACY_KEYS
 
-    # -- data
-    #: Fewer good episodes than this: the run ends with status "no_data" and writes nothing.
-    min_episodes: int = 16
-    #: Only the newest ``max_episodes`` are used (read order: names grow with time).
-    max_episodes: int = 256
-    #: Train on imagined (model-generated) episodes too. The gate never uses them: it compares
-    #: with what the robot actually did.
-    include_imagined: bool = False
-    #: Dict observations: numeric keys forming the state vector, in order. Null: the seed's
-    #: ``state_keys`` (HOPE), else all numeric keys sorted.
-    observation_keys: list[str] | None = None
-    #: Names of the action components, in order: the keys of dict actions (concatenated in this
-    #: order) or names for the components of vector actions. The guards' ``per_key_bounds``
-    #: refer to these names, and shadow evaluation hands actions to the guards as
-    #: ``{name: value}`` dicts. Null: vectors, components named "0", "1", ...
-    action_keys: list[str] | None = None
-    #: Fast-loop window length in seconds (50-100 ms).
-    window_s: float = 0.1
+    rlds_dir: PathStr = "/opt/continuonos/brain/rlds/episodes"
+    """The robot's RLDS episodes (any layout ``read_episodes`` takes)."""
+    model_root: PathStr = "/opt/continuonos/brain/models"
+    """The model store: ``current/`` is the base, the adapter goes through ``candidate/``."""
+    log_dir: PathStr = "/opt/continuonos/brain/trainer/logs"
+    """Per-run JSONL logs, ``status.json``, the new-episode watermark and the checkpoint of an
+    unfinished run (``adapt-run/``)."""
+    base_model_path: PathStr | None = None
+    """The model to adapt: a HOPE model directory. Null: ``<model_root>/current`` (loaded
+    without its adapter: each run trains a fresh adapter on the seed). With a custom
+    ``base_model_loader`` this is the path it is given."""
+    seed: int = Field(0, ge=0)
+    torch_threads: int = Field(1, ge=1)
+    """torch intra-op threads. 1: the adapted layers are tiny, a second thread buys nothing,
+    and when the robot's own processes hold a core, threads waiting for each other made
+    steps ~10x slower (measured on 2 busy cores)."""
+    data: AdaptData = Field(default_factory=AdaptData)
+    budgets: AdaptBudgets = Field(default_factory=AdaptBudgets)
+    thermal: ThermalConfig = Field(default_factory=ThermalConfig)
+    """Pause between steps above ``max_temp_c`` until ``resume_temp_c``, as the seed trainer does;
+    after ``max_pause_s`` the run checkpoints and stops ("thermal", resumable)."""
+    training: AdaptTraining = Field(default_factory=AdaptTraining)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    guards: GuardsSection = Field(default_factory=GuardsSection)
+    safety: dict[str, Any] = Field(default_factory=dict)
+    """``SafetyGateConfig`` fields (the Python API takes a ``SafetyGateConfig`` argument instead)."""
+    store: StoreSection = Field(default_factory=StoreSection)
+    gates: GatesSection = Field(default_factory=GatesSection)
 
-    # -- budgets
-    #: Optimizer steps at most.
-    max_steps: int = 300
-    #: Wall-clock seconds at most, counted from the start of the job (loading included).
-    max_wall_time_s: float | None = 300.0
-    #: Process RSS budget in MB, checked every step; over it, training stops ("memory").
-    memory_budget_mb: float | None = 1024.0
-    #: Stop when the system's available memory falls below this (MB); null: no floor.
-    min_available_mb: float | None = 300.0
-    #: Stop training when the SoC passes this temperature (°C, read every ``log_every_steps``);
-    #: null: never. The start gate (``max_temp_c``) is lower, so this only trips when training
-    #: itself heats the board.
-    thermal_stop_c: float | None = 80.0
-
-    # -- optimisation
-    #: Windows per batch.
-    batch_size: int = 64
-    #: Shuffle buffer size in batches (the buffer holds ``batch_size * this`` windows).
-    shuffle_buffer_multiplier: int = 8
-    #: Linear layers that get adapters: exact module paths, names matched at the end of a path
-    #: (PEFT's rule), or globs (``"fast_loop.*"``). HOPE: Fast-loop layers only (the
-    #: behaviour-cloning loss trains the Fast loop).
-    lora_layers: list[str] = field(default_factory=lambda: ["fast_loop.*"])
-    lora_rank: int = 4
-    lora_alpha: float = 8.0
-    lora_dropout: float = 0.0
-    learning_rate: float = 1e-2
-    weight_decay: float = 0.0
-    #: Gradient-norm clip; null or 0: none.
-    grad_clip: float | None = 1.0
-    seed: int = 0
-    #: torch intra-op threads. 1: the adapted layers are tiny, a second thread buys nothing,
-    #: and when the robot's own processes hold a core, threads waiting for each other made
-    #: steps ~10x slower (measured on 2 busy cores).
-    torch_threads: int = 1
-    #: A log line (mean loss since the last one) every N steps.
-    log_every_steps: int = 10
-
-    # -- gate and store
-    #: Default guards (when the hooks bring none): bounds per action name, e.g.
-    #: ``{"steering": [-1, 1], "throttle": [-1, 1]}``.
-    per_key_bounds: dict[str, list[float]] = field(default_factory=dict)
-    #: Default guards: no action component may exceed this in absolute value; null: no limit.
-    numeric_abs_limit: float | None = None
-    #: Default guards: scale of the action distance.
-    delta_weight: float = 1.0
-    #: ``SafetyGateConfig`` fields for the command line (the Python API takes a
-    #: ``SafetyGateConfig`` argument instead).
-    safety: dict[str, Any] = field(default_factory=dict)
-    #: Earlier currents kept in ``history/`` (and rejected candidates kept in ``rejected/``).
-    max_history: int = 10
-    #: Run logs kept in ``log_dir``.
-    keep_logs: int = 20
-
-    # -- start gates (see continuonbrain.trainer.scheduler)
-    #: Battery fraction needed to start (0.4 = 40 %).
-    min_battery: float = 0.4
-    #: SoC temperature above which a run does not start (°C).
-    max_temp_c: float = 75.0
-    #: Only train when the robot says it is idle (false: boards without a robot stack).
-    require_idle: bool = True
-    #: New episodes needed since the last run that trained.
-    min_new_episodes: int = 1
-    #: Root of sysfs for the temperature and battery readings.
-    sysfs_root: str = "/sys"
-    #: The robot stack's state file (mode, idle, teleop; scheduler.DEFAULT_STATE_FILE).
-    robot_state_file: str = "/run/continuonos/robot_state.json"
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    # -- validation
-
-    def validate(self) -> None:
-        """Raise :class:`ValueError` naming the first bad field."""
-        positive_ints = ("min_episodes", "max_episodes", "max_steps", "batch_size", "shuffle_buffer_multiplier")
-        for name in (*positive_ints, "lora_rank", "log_every_steps", "keep_logs", "max_history", "torch_threads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.max_episodes < self.min_episodes:
-            raise ValueError(f"max_episodes ({self.max_episodes}) must be >= min_episodes ({self.min_episodes})")
-        for name in ("learning_rate", "window_s", "lora_alpha"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        for name in ("max_wall_time_s", "memory_budget_mb", "min_available_mb", "thermal_stop_c", "numeric_abs_limit"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int | float) or value <= 0):
-                raise ValueError(f"{name} must be a positive number or null, got {value!r}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        if isinstance(self.lora_layers, str):
-            self.lora_layers = [self.lora_layers]
-        if not self.lora_layers or not all(isinstance(x, str) and x for x in self.lora_layers):
-            raise ValueError(f"lora_layers must be a non-empty list of names or patterns, got {self.lora_layers!r}")
-        for name in ("observation_keys", "action_keys"):
-            keys = getattr(self, name)
-            if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys)):
-                raise ValueError(f"{name} must be a list of names or null, got {keys!r}")
-        bounds = {}
-        for key, pair in dict(self.per_key_bounds or {}).items():
-            if not isinstance(pair, list | tuple) or len(pair) != 2 or not float(pair[0]) < float(pair[1]):
-                raise ValueError(f"per_key_bounds[{key!r}] must be [low, high] with low < high, got {pair!r}")
-            bounds[str(key)] = [float(pair[0]), float(pair[1])]
-        self.per_key_bounds = bounds
-        self.safety_config()  # unknown SafetyGateConfig keys fail here, not mid-run
-        self.gating_config()
+    @field_validator("safety")
+    @classmethod
+    def _safety(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _safety_config(value)  # unknown SafetyGateConfig keys fail at load, not mid-run
+        return value
 
     # -- derived
 
     def safety_config(self) -> SafetyGateConfig:
-        names = {f.name for f in dataclasses.fields(SafetyGateConfig)}
-        unknown = sorted(set(self.safety or {}) - names)
-        if unknown:
-            raise ValueError(f"safety: unknown field(s) {unknown} (known: {sorted(names)})")
-        return SafetyGateConfig(**(self.safety or {}))
+        return _safety_config(self.safety)
 
     def gating_config(self) -> GatingConfig:
-        from continuonbrain.trainer.scheduler import GatingConfig
-
+        g = self.gates
         return GatingConfig(
-            min_battery=self.min_battery,
-            max_temp_c=self.max_temp_c,
-            require_idle=self.require_idle,
-            min_new_episodes=self.min_new_episodes,
+            min_battery=g.min_battery,
+            max_temp_c=g.max_temp_c,
+            require_idle=g.require_idle,
+            min_new_episodes=g.min_new_episodes,
         )
 
     def default_guards(self) -> tuple[ActionDistance, Violates]:
-        bounds = {k: (lo, hi) for k, (lo, hi) in self.per_key_bounds.items()}
-        return build_simple_action_guards(self.numeric_abs_limit, bounds, self.delta_weight)
+        g = self.guards
+        bounds = {k: (lo, hi) for k, (lo, hi) in g.per_key_bounds.items()}
+        return build_simple_action_guards(g.numeric_abs_limit, bounds, g.delta_weight)
 
     def base_dir(self) -> Path:
         return Path(self.base_model_path) if self.base_model_path else Path(self.model_root) / "current"
 
     # -- JSON
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], owner: str = "LocalTrainerJobConfig") -> LocalTrainerJobConfig:
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{owner} must be a JSON object, got {type(data).__name__}")
-        data = {k: v for k, v in data.items() if not str(k).startswith("_")}  # "_comment" keys
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"{owner}: unknown field(s) {unknown} (known: {sorted(names)})")
-        try:
-            return cls(**data)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{owner}: {exc}") from None
-
     @classmethod
     def from_json(cls, path: str | os.PathLike, **overrides: Any) -> LocalTrainerJobConfig:
-        """Read a config file; relative paths in it resolve against its directory.
-        ``overrides`` (None values ignored) are applied with :meth:`with_overrides`."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read the config ({exc})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: the config must be a JSON object")
-        for key in PATH_FIELDS:
-            value = data.get(key)
-            if isinstance(value, str) and value and not Path(value).is_absolute():
-                data[key] = str((path.parent / value).resolve())
-        cfg = cls.from_dict(data, str(path))
-        return cfg.with_overrides({k: v for k, v in overrides.items() if v is not None})
-
-    def with_overrides(self, overrides: Mapping[str, Any]) -> LocalTrainerJobConfig:
-        """A copy with ``overrides`` applied; ``"safety.max_eval_steps"`` sets one key of a
-        dict field. Relative paths resolve against the working directory."""
-        data = self.to_dict()
-        for key, value in overrides.items():
-            top, _, sub = key.partition(".")
-            if top not in data:
-                raise ValueError(f"unknown config field {top!r}")
-            if sub:
-                if not isinstance(data[top], dict):
-                    raise ValueError(f"{top} is not an object; cannot set {key}")
-                data[top] = {**data[top], sub: value}
-                continue
-            if top in PATH_FIELDS and isinstance(value, str | os.PathLike) and str(value):
-                value = str(Path(value).resolve())
-            data[top] = value
-        return type(self).from_dict(data)
+        """:meth:`load` with ``overrides`` as keywords (old flat names or dotted keys via
+        ``**{"a.b": v}``; None values ignored)."""
+        return cls.load(path, {k: v for k, v in overrides.items() if v is not None})
 
 
-def parse_set(items: Sequence[str]) -> dict[str, Any]:
-    """``["max_steps=50", "lora_layers=[\\"fast_loop.head\\"]"]`` -> ``{"max_steps": 50, ...}``:
-    values are JSON when they parse as JSON, strings otherwise."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out[key.strip()] = value
-    return out
+def _safety_config(values: Mapping[str, Any]) -> SafetyGateConfig:
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(SafetyGateConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown SafetyGateConfig field(s) {unknown} (known: {sorted(names)})")
+    try:
+        return SafetyGateConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"SafetyGateConfig: {exc}") from None
+
+
+def _legacy_property(dotted: str) -> property:
+    section, _, name = dotted.partition(".")
+    return property(
+        lambda self: getattr(getattr(self, section), name), doc=f"Old flat name of ``{dotted}`` (read-only)."
+    )
+
+
+for _old, _new in LEGACY_KEYS.items():
+    if isinstance(_new, str):
+        setattr(LocalTrainerJobConfig, _old, _legacy_property(_new))
+LocalTrainerJobConfig.include_imagined = property(  # type: ignore[attr-defined]
+    lambda self: self.data.max_imagined_fraction > 0, doc="Old flat name: ``data.max_imagined_fraction > 0``."
+)
+LocalTrainerJobConfig.thermal_stop_c = property(  # type: ignore[attr-defined]
+    lambda self: self.thermal.max_temp_c, doc="Old flat name of ``thermal.max_temp_c`` (where training now pauses)."
+)
+del _old, _new
