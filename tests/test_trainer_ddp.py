@@ -119,14 +119,14 @@ def test_two_ranks_train_every_component_to_identical_replicas(ddp_run: Path) ->
     assert brain.components() == list(COMPONENTS)
 
 
+# Behaviour is changed through the trainer's parameters (``sequential.main`` hands them on),
+# never by patching module names.
 NO_SHARED_CODEBOOK = """\
 import sys
 
-import continuonbrain.trainer.sequential as sequential
-from continuonbrain.cli import main
+from continuonbrain.trainer.sequential import main
 
-sequential.share_codebook_updates = lambda module, seed: 0  # each rank's EMA codebook on its own
-sys.exit(main(["train", *sys.argv[1:]]))
+sys.exit(main(sys.argv[1:], share_codebooks=lambda module, seed: 0))  # each rank's EMA codebook on its own
 """
 
 
@@ -148,27 +148,23 @@ ONE_RANK_GUARDS = """\
 import os
 import sys
 
-import continuonbrain.trainer.sequential as sequential
-from continuonbrain.cli import main
+from continuonbrain.trainer.budgets import MemoryGuard, ThermalGuard
+from continuonbrain.trainer.sequential import main
 
 RANK = os.environ["RANK"]
 
 
-class PerRankThermal(sequential.ThermalGuard):  # each rank reads its own SoC sensor
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.sysfs_root = os.path.join(self.sysfs_root, "rank" + RANK)
+def thermal(cfg):  # each rank reads its own SoC sensor
+    return ThermalGuard.from_config(cfg, sysfs_root=os.path.join(cfg.sysfs_root, "rank" + RANK))
 
 
-class PerRankMemory(sequential.MemoryGuard):  # rank 1 runs out of memory at its third check
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if RANK == "1":
-            self.budget_mb, self.check_every = 1.0, 3
+def memory(budget_mb, min_available_mb, check_every):  # rank 1 runs out of memory at its third check
+    if RANK == "1":
+        budget_mb, check_every = 1.0, 3
+    return MemoryGuard(budget_mb, min_available_mb, check_every)
 
 
-sequential.ThermalGuard, sequential.MemoryGuard = PerRankThermal, PerRankMemory
-sys.exit(main(["train", *sys.argv[1:]]))
+sys.exit(main(sys.argv[1:], thermal_guard=thermal, memory_guard=memory))
 """
 
 

@@ -60,11 +60,10 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_state_and_camera_observations_train_every_component_and_act(tmp_path: Path, monkeypatch) -> None:
+def test_state_and_camera_observations_train_every_component_and_act(tmp_path: Path) -> None:
     episodes = tmp_path / "episodes"
     write_episodes([camera_episode(i) for i in range(8)], episodes)
     cfg = image_config(tmp_path, episodes, observation_keys=["state"])
-    monkeypatch.setattr(hope_data, "TOKENIZE_CHUNK", 7)  # several chunks per episode
 
     summary = SequentialTrainer(cfg).run()
 
@@ -90,7 +89,9 @@ def test_state_and_camera_observations_train_every_component_and_act(tmp_path: P
     # loop's over the whole episode's state and frames, and at the first tick (no previous
     # action on either side) the brain acts exactly as the Fast loop did in training.
     ep = next(iter(read_episodes(episodes)))
-    source = hope_data.with_mid_context(lambda: iter([ep]), brain.vqvae, brain.mid_loop, ["state"], None, ["camera"])
+    source = hope_data.with_mid_context(  # several chunks per episode
+        lambda: iter([ep]), brain.vqvae, brain.mid_loop, ["state"], None, ["camera"], chunk=7
+    )
     context = next(iter(source())).extras["context"]
     state = ep.observation_vector(["state"])
     frames = ep.observation["camera"].decode()

@@ -5,25 +5,56 @@
   every few steps and stops *itself* (after a checkpoint) before either crosses its limit.
 * :class:`ThermalGuard`: a Pi 5 throttles at 80-85 °C and training heats it. Above
   ``max_temp_c`` the trainer pauses between steps and resumes below ``resume_temp_c``
-  (hysteresis, so it does not flap), logging each pause. The sysfs root is configurable so
-  tests (and boards with another layout) can point it elsewhere.
+  (hysteresis, so it does not flap), logging each pause; after ``max_pause_s`` it gives up
+  with a stop reason. The sysfs root is configurable so tests (and boards with another
+  layout) can point it elsewhere.
 * :class:`StepBudget`: steps and wall time, checked every step.
 
+These are the one policy of both trainers (the HOPE seed trainer and the LoRA adapter
+trainer): each builds its guards from its config (:meth:`ThermalGuard.from_config`), asks
+:func:`stop_reason` after every step and waits in :meth:`ThermalGuard.wait_if_hot` before it.
+A spent budget (:data:`BUDGET_REASONS`) finishes a run; any other stop (memory, the thermal
+give-up, a stop request) interrupts it after a checkpoint, and ``--resume`` goes on from there.
+
 Each guard answers "should I stop, and why?" with a short reason string that ends up in the
-run's ``summary.json``.
+run's ``summary.json`` / ``status.json``; its first word (:func:`reason_code`) is the code.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
+if TYPE_CHECKING:
+    from continuonbrain.trainer.train_config import ThermalConfig
+
+__all__ = [
+    "BUDGET_REASONS",
+    "THERMAL_ZONE",
+    "MemoryGuard",
+    "StepBudget",
+    "ThermalGuard",
+    "available_mb",
+    "budget_spent",
+    "read_temperature_c",
+    "reason_code",
+    "release_memory",
+    "rss_mb",
+    "stop_reason",
+]
+
 log = logging.getLogger(__name__)
+
+#: Stop reasons that mean a run (or a component) is finished: its budget is spent. Any other
+#: stop (memory, thermal give-up, a stop request) only interrupts it: resumable.
+BUDGET_REASONS = ("max_steps", "max_wall_time_s")
 
 THERMAL_ZONE = "class/thermal/thermal_zone0/temp"
 
@@ -74,9 +105,11 @@ def read_temperature_c(sysfs_root: str | Path = "/sys") -> float | None:
 
 @dataclass
 class ThermalGuard:
-    """Pause between steps while the SoC is hot; resume once it has cooled."""
+    """Pause between steps while the SoC is hot; resume once it has cooled.
 
-    max_temp_c: float = 80.0
+    ``max_temp_c`` None: never pause. ``sleep`` is a parameter so tests run pauses without waiting."""
+
+    max_temp_c: float | None = 80.0
     resume_temp_c: float = 70.0
     sysfs_root: str | Path = "/sys"
     poll_s: float = 1.0
@@ -84,11 +117,25 @@ class ThermalGuard:
     pauses: list[dict] = field(default_factory=list)
     sleep: Callable[[float], None] = time.sleep
 
+    @classmethod
+    def from_config(cls, cfg: ThermalConfig, **overrides: Any) -> ThermalGuard:
+        """The guard of a ``thermal`` config section (both trainers have one)."""
+        return cls(**{**cfg.model_dump(), **overrides})
+
     def temperature(self) -> float | None:
         return read_temperature_c(self.sysfs_root)
 
+    def is_hot(self) -> bool:
+        """Would :meth:`wait_if_hot` pause now?"""
+        if self.max_temp_c is None:
+            return False
+        temp = self.temperature()
+        return temp is not None and temp >= self.max_temp_c
+
     def wait_if_hot(self, on_pause: Callable[[dict], None] | None = None) -> str | None:
         """Block while too hot. Returns a stop reason only if ``max_pause_s`` runs out."""
+        if self.max_temp_c is None:
+            return None
         temp = self.temperature()
         if temp is None or temp < self.max_temp_c:
             return None
@@ -125,6 +172,25 @@ class StepBudget:
         if self.max_wall_time_s is not None and time.monotonic() - self.started >= self.max_wall_time_s:
             return "max_wall_time_s"
         return None
+
+
+def stop_reason(budget: StepBudget, memory: MemoryGuard, step: int, stop_requested: bool = False) -> str | None:
+    """Why training must stop after ``step`` (None: go on): the memory guard, then the step
+    and wall-time budget, then a stop request."""
+    return memory.check() or budget.exhausted(step) or ("stopped" if stop_requested else None)
+
+
+def reason_code(reason: str | None) -> str | None:
+    """The code of a stop reason: ``"memory: process RSS ..."`` -> ``"memory"``; another rank's
+    ``"rank 1: max_steps"`` -> ``"max_steps"``."""
+    if reason is None:
+        return None
+    return re.sub(r"^rank \d+: ", "", reason).split(":", 1)[0]
+
+
+def budget_spent(reason: str | None) -> bool:
+    """Did this stop finish the run (``max_steps``, ``max_wall_time_s``, on any rank)?"""
+    return reason_code(reason) in BUDGET_REASONS
 
 
 def release_memory() -> None:

@@ -157,8 +157,7 @@ class Ranks:
 def is_hot(thermal: ThermalGuard) -> bool:
     """Would ``thermal.wait_if_hot`` pause now? (Asked of every rank, then agreed, so that the
     ranks pause together instead of one rank pausing alone inside a gradient all-reduce.)"""
-    temp = thermal.temperature()
-    return temp is not None and temp >= thermal.max_temp_c
+    return thermal.is_hot()
 
 
 def _all_gather_rows(t: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,14 @@
-"""The training stream: real episodes with imagined ones mixed in, never above ``max_imagined_fraction``.
+"""The one episode source of both trainers: good episodes read from disk, imagined ones capped by one rule.
+
+**The rule for imagined episodes** (``provenance.origin`` ``imagined:*`` or tag ``imagined``,
+:attr:`Episode.is_imagined <continuonbrain.rlds.Episode.is_imagined>`): at every point of the
+stream at most ``max_imagined_fraction`` of the episodes yielded so far are imagined
+(:func:`~continuonbrain.rlds.windows.limit_imagined`, the exact prefix rule). The seed trainer
+applies it to its training stream (:class:`ImaginedMix`, below), the adapter trainer to the newest
+episodes it selects (:func:`newest`; its ``data.max_imagined_fraction`` defaults to 0: real
+episodes only), and neither gate ever holds out an imagined episode. Episodes are read by
+:func:`read_source` (bad ones skipped with a warning; a directory that does not exist yet holds
+no episodes).
 
 Imagined episodes (``continuonbrain imagine``; ``provenance.origin`` ``imagined:*``, tag
 ``imagined``) can reach the trainer two ways, and both count against one cap:
@@ -26,14 +36,41 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import os
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from continuonbrain.rlds import Episode
-from continuonbrain.rlds.windows import EpisodeSource, limit_imagined, open_source, shuffle_stream
+from continuonbrain.rlds import Episode, read_episodes
+from continuonbrain.rlds.reader import OnError
 
-__all__ = ["IMAGINED_SHUFFLE_EPISODES", "EpochSource", "ImaginedMix"]
+if TYPE_CHECKING:
+    from continuonbrain.rlds.windows import EpisodeSource
+
+# ``continuonbrain.rlds.windows`` (where the imagined cap, ``open_source`` and ``shuffle_stream``
+# live) imports torch. This module is also the adapter's episode source, which the command
+# line, ``import continuonbrain.trainer`` and stub dry runs load without torch, so the three
+# are imported where they are used (:func:`_windows`), not here.
+
+
+def _windows() -> Any:
+    from continuonbrain.rlds import windows
+
+    return windows
+
+
+__all__ = [
+    "IMAGINED_SHUFFLE_EPISODES",
+    "EpochSource",
+    "ImaginedMix",
+    "newest",
+    "read_source",
+    "select",
+    "training_stream",
+]
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +127,7 @@ class ImaginedMix(EpochSource):
         """One shuffled pass over the imagined sources, non-imagined episodes skipped."""
 
         def only_imagined() -> Iterator[Episode]:
-            for ep in itertools.chain.from_iterable(open_source(s, epoch) for s in self.imagined):
+            for ep in itertools.chain.from_iterable(_windows().open_source(s, epoch) for s in self.imagined):
                 if ep.is_imagined:
                     yield ep
                 elif ep.episode_id not in self._warned:
@@ -102,7 +139,7 @@ class ImaginedMix(EpochSource):
                     )
 
         rng = np.random.default_rng([self.seed, int(epoch), 0x1A9])
-        return shuffle_stream(only_imagined(), self.shuffle_episodes, rng)
+        return _windows().shuffle_stream(only_imagined(), self.shuffle_episodes, rng)
 
     def _epoch(self, epoch: int) -> Iterator[Episode]:
         admitted = {"total": 0, "imagined": 0}  # what the cap let through, updated as it is yielded
@@ -113,7 +150,7 @@ class ImaginedMix(EpochSource):
 
         def offered() -> Iterator[Episode]:
             extra = self._imagined_stream(epoch) if self.imagined and f else None
-            for ep in open_source(self.real, epoch):
+            for ep in _windows().open_source(self.real, epoch):
                 yield ep
                 while extra is not None and room():
                     nxt = next(extra, None)
@@ -122,7 +159,65 @@ class ImaginedMix(EpochSource):
                         break
                     yield nxt
 
-        for ep in limit_imagined(offered(), f):
+        for ep in _windows().limit_imagined(offered(), f):
             admitted["total"] += 1
             admitted["imagined"] += int(ep.is_imagined)
             yield ep
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_source(
+    path: str | os.PathLike,
+    split: str | None = None,
+    on_error: OnError = "warn",
+    validate: bool = True,
+    missing_ok: bool = False,
+) -> Callable[[], Iterator[Episode]]:
+    """A re-iterable source of the good episodes under ``path`` (every layout ``read_episodes``
+    takes; bad episodes are skipped, logged by default). ``missing_ok``: a path that does not
+    exist holds no episodes (a robot that has not recorded yet), instead of an error."""
+
+    def episodes() -> Iterator[Episode]:
+        if missing_ok and not Path(path).exists():
+            return iter(())
+        return read_episodes(path, split, on_error=on_error, validate=validate)
+
+    return episodes
+
+
+def training_stream(
+    rlds_dir: str | os.PathLike,
+    imagined_dirs: Sequence[str | os.PathLike] = (),
+    max_imagined_fraction: float | None = None,
+    seed: int = 0,
+) -> ImaginedMix:
+    """The seed trainer's stream: the episodes of ``rlds_dir`` with those of ``imagined_dirs``
+    mixed in, imagined ones (from either) under the cap."""
+    return ImaginedMix(read_source(rlds_dir), [read_source(p) for p in imagined_dirs], max_imagined_fraction, seed=seed)
+
+
+def newest(episodes: Iterable[Episode], n: int, max_imagined_fraction: float | None = 0.0) -> list[Episode]:
+    """The newest ``n`` episodes of a stream (read order: names grow with time), oldest first,
+    with imagined ones admitted under the cap (counted over the selection, in order). Streams
+    with a bounded deque: memory stays flat whatever the history on the SD card."""
+    keep: deque[Episode] = deque(maxlen=max(1, int(n)))
+    for ep in episodes:
+        if ep.is_imagined and not max_imagined_fraction:
+            continue  # never kept: a cap of 0 must not let imagined episodes push real ones out
+        keep.append(ep)
+    if max_imagined_fraction is None or max_imagined_fraction >= 1 or not any(ep.is_imagined for ep in keep):
+        return list(keep)  # nothing for the cap to do
+    return list(_windows().limit_imagined(keep, max_imagined_fraction))
+
+
+def select(episodes: Iterable[Episode], ids: Sequence[str]) -> list[Episode]:
+    """The episodes whose ids are ``ids``, in that order (a resumed run's exact selection);
+    raises ``KeyError`` naming the first one that is not there."""
+    wanted: Collection[str] = set(ids)
+    found = {ep.episode_id: ep for ep in episodes if ep.episode_id in wanted}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise KeyError(f"{len(missing)} episode(s) are gone, e.g. {missing[0]!r}")
+    return [found[i] for i in ids]

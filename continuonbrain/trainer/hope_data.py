@@ -1,4 +1,5 @@
-"""The data side of HOPE sequential training: episodes in, model shapes and training windows out.
+"""The data side of HOPE training (the seed trainer and the LoRA adapter trainer): episodes in,
+model shapes, Mid context and training batches out.
 
 Observations are vectors, or dicts whose state keys are concatenated (in ``state_keys``
 order) into the state vector and whose image keys (``uint8 [H, W, C]`` frames) go to the
@@ -16,6 +17,11 @@ Shapes (``obs_dim``, ``action_dim``, ``image_shapes``), the control rate, the ke
 the action bounds an episode declares (``capabilities.action_space``) are taken from the first
 readable episode (:func:`infer_model_config`) unless the
 config's ``model`` block gives them, so a config need not repeat what the data already says.
+
+Shared by both trainers: :func:`with_mid_context` (the frozen Mid loop's context, what an
+adapter of a seed with a Mid loop trains on too), :func:`batches` (the one endless batch loop,
+resumable), and the state-vector rule, which is :meth:`HopeConfig.vector_keys
+<continuonbrain.hope.config.HopeConfig.vector_keys>`.
 """
 
 from __future__ import annotations
@@ -28,10 +34,10 @@ import torch
 from torch import nn
 
 from continuonbrain.hope import HopeConfig
-from continuonbrain.rlds import Episode, read_episodes
+from continuonbrain.rlds import Episode
 from continuonbrain.rlds.episode import ImageColumn
 from continuonbrain.rlds.windows import FastWindowDataset, MidTrajectoryDataset, WindowDataset, open_source
-from continuonbrain.trainer.episode_mix import EpochSource, ImaginedMix
+from continuonbrain.trainer.episode_mix import EpochSource, training_stream
 from continuonbrain.trainer.train_config import ComponentTrainConfig, SequentialConfig
 
 __all__ = [
@@ -59,17 +65,8 @@ def episode_source(cfg: SequentialConfig) -> EpochSource:
     of ``rlds_dir`` with the imagined ones of ``imagined_rlds_dirs`` mixed in, imagined
     episodes (from either) capped at ``max_imagined_fraction`` (see
     :mod:`~continuonbrain.trainer.episode_mix`)."""
-
-    def reader(path: str) -> Callable[[], Iterator[Episode]]:
-        return lambda: read_episodes(path, on_error="warn")
-
     try:
-        return ImaginedMix(
-            reader(cfg.rlds_dir),
-            [reader(p) for p in cfg.imagined_rlds_dirs],
-            cfg.max_imagined_fraction,
-            seed=cfg.seed,
-        )
+        return training_stream(cfg.rlds_dir, cfg.imagined_rlds_dirs, cfg.max_imagined_fraction, cfg.seed)
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
 
@@ -174,11 +171,8 @@ def infer_model_config(cfg: SequentialConfig, source: Callable[[], Iterator[Epis
 
 
 def observation_keys(cfg: SequentialConfig, hope_cfg: HopeConfig) -> list[str] | None:
-    """The keys the data pipeline concatenates into the state vector: the model's state keys
-    for dict observations (possibly none: images only), else the config's (vectors ignore them)."""
-    if hope_cfg.state_keys or hope_cfg.image_keys:
-        return list(hope_cfg.state_keys)
-    return cfg.observation_keys
+    """The keys the data pipeline concatenates into the state vector (:meth:`HopeConfig.vector_keys`)."""
+    return hope_cfg.vector_keys(cfg.observation_keys)
 
 
 def sample_observations(
@@ -203,13 +197,15 @@ def _frames(col: Any, start: int, stop: int) -> np.ndarray:
     return np.asarray(col[start:stop], np.uint8)
 
 
-def _episode_codes(ep: Episode, vqvae: nn.Module, obs: np.ndarray, image_keys: Sequence[str]) -> torch.Tensor:
-    """The VQ-VAE codes of every step, ``[1, T, n_tokens]``, tokenized ``TOKENIZE_CHUNK`` frames
-    at a time: decoding a whole episode's frames and running the conv encoder over all of
-    them at once would hold ``T`` frames of activations, far more than a Pi can spare."""
+def _episode_codes(
+    ep: Episode, vqvae: nn.Module, obs: np.ndarray, image_keys: Sequence[str], chunk: int = TOKENIZE_CHUNK
+) -> torch.Tensor:
+    """The VQ-VAE codes of every step, ``[1, T, n_tokens]``, tokenized ``chunk`` frames at a
+    time: decoding a whole episode's frames and running the conv encoder over all of them at
+    once would hold ``T`` frames of activations, far more than a Pi can spare."""
     codes = []
-    for start in range(0, len(ep), TOKENIZE_CHUNK):
-        stop = min(start + TOKENIZE_CHUNK, len(ep))
+    for start in range(0, len(ep), chunk):
+        stop = min(start + chunk, len(ep))
         images = {k: torch.from_numpy(_frames(ep.observation[k], start, stop))[None] for k in image_keys}
         c, _ = vqvae.encode(torch.from_numpy(obs[start:stop])[None], images)  # type: ignore[operator]
         codes.append(c)
@@ -224,6 +220,7 @@ def with_mid_context(
     keep: Callable[[int], bool] | None = None,
     image_keys: Sequence[str] = (),
     action_keys: Sequence[str] | None = None,
+    chunk: int = TOKENIZE_CHUNK,
 ) -> EpochSource:
     """Episodes carrying the frozen Mid loop's context per control step (``extras["context"]``):
     what the Fast loop will see from the Mid loop at each tick when it runs on the robot,
@@ -232,8 +229,9 @@ def with_mid_context(
 
     ``keep(i)`` false: episode ``i`` of the stream is passed on without a context (for data
     parallel training, the episodes of the other ranks' shards, which this rank's dataset
-    skips anyway: each rank runs the Mid loop over its own share only). The result passes
-    the epoch on to ``source`` (the mixed stream depends on it)."""
+    skips anyway: each rank runs the Mid loop over its own share only). ``chunk``: camera frames
+    tokenized at once (:data:`TOKENIZE_CHUNK`). The result passes the epoch on to ``source``
+    (the mixed stream depends on it)."""
 
     @torch.no_grad()
     def episodes(epoch: int) -> Iterator[Episode]:
@@ -247,7 +245,7 @@ def with_mid_context(
                 "action": torch.from_numpy(ep.action_vector(action_keys))[None],
             }
             if image_keys:  # the Mid loop takes codes as well as observations: tokenize in chunks
-                batch["codes"] = _episode_codes(ep, vqvae, obs, image_keys)
+                batch["codes"] = _episode_codes(ep, vqvae, obs, image_keys, chunk)
             out = mid(batch, vqvae)
             ep.extras["context"] = out["context_steps"][0].numpy()
             yield ep
@@ -280,7 +278,10 @@ def make_dataset(
 
 
 def batches(dataset: WindowDataset, batch_size: int, start_epoch: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Endless (epoch, batch) stream: epochs repeat until the step budget ends training.
+    """Endless (epoch, batch) stream: epochs repeat until the step budget ends training. The one
+    batch loop of both trainers; resumable: after ``dataset.load_state_dict`` it continues the
+    saved epoch at the saved position (pass that epoch as ``start_epoch``), given that the loop
+    calls ``dataset.mark_consumed(batch)`` for every batch it trains on.
 
     A resumed epoch may have nothing left (the checkpoint came right after its last batch):
     the stream then goes on with the next epoch, as the uninterrupted run did.

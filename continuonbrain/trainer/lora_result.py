@@ -1,8 +1,10 @@
 """What a local LoRA run reports and where: :class:`TrainerResult`, the per-run JSONL log
 (rotated) and ``status.json`` in ``log_dir``.
 
-Torch-free: ``status.json`` is written after every run, skipped ones too, and reads the model
-store's manifests directly (the store class imports torch).
+``status.json`` is written after every run, skipped ones too, with the summary writer both
+trainers share (:func:`~continuonbrain.trainer.metrics.write_json`: atomic and durable), and
+reads the store's versions straight from the manifests (no store object: a skipped run only
+touches what it reports).
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from continuonbrain.fsutil import atomic_write_bytes
-from continuonbrain.trainer.metrics import json_default
+from continuonbrain.trainer.metrics import json_default, write_json
 
 __all__ = [
     "LOG_PREFIX",
@@ -36,13 +37,17 @@ class TrainerResult:
     """What one call of :func:`~continuonbrain.trainer.local_lora_trainer.maybe_run_local_training` did.
 
     ``status``: "promoted", "rejected" (the gate said no; current untouched), "dry_run" (stub
-    hooks: trained and gated, set aside with the reason "stub"), "skipped" (a start gate
-    failed, or another run holds the store), "no_data" (too few episodes; nothing written),
-    "no_base" (no model to adapt) or "error". For "skipped", ``reason`` is a stable code
+    hooks: trained and gated, set aside with the reason "stub"), "interrupted" (training
+    stopped before its budget, by the memory guard, the thermal give-up or a stop request:
+    checkpointed, nothing written to the store; ``--resume`` trains on), "skipped" (a start
+    gate failed, or another run holds the store), "no_data" (too few episodes; nothing
+    written), "no_base" (no model to adapt) or "error". For "skipped", ``reason`` is a stable code
     (the scheduler's ``not_idle``, ``teleop_active``, ``battery_low``, ``too_hot``,
     ``no_new_episodes``, or ``busy``, ``candidate_pending``) and ``detail`` the text; otherwise
-    ``reason`` says why in words. ``stop_reason`` names the budget that ended training:
-    "max_steps", "max_wall_time_s", "memory", "thermal" or "non_finite_loss".
+    ``reason`` says why in words. ``stop_reason`` names what ended training:
+    "max_steps", "max_wall_time_s" (the budget: the adapter is gated), "memory", "thermal",
+    "stopped" (interrupted) or "non_finite_loss"; ``stop_detail`` says it in words.
+    ``resumed_from_step``: the checkpoint step a resumed run continued from.
     """
 
     status: str
@@ -73,6 +78,7 @@ class TrainerResult:
     #: The start gates' decision and live values (when gating was given).
     gating: dict[str, Any] | None = None
     adapter: dict[str, Any] | None = None
+    resumed_from_step: int | None = None
     log_path: str | None = None
     status_path: str | None = None
 
@@ -93,6 +99,7 @@ def write_status(res: TrainerResult, log_dir: Path, model_root: Path) -> Path:
         "promoted": res.promoted,
         "steps": res.steps,
         "stop_reason": res.stop_reason,
+        "resumed_from_step": res.resumed_from_step,
         "losses": res.losses,
         "initial_loss": res.initial_loss,
         "final_loss": res.final_loss,
@@ -103,14 +110,11 @@ def write_status(res: TrainerResult, log_dir: Path, model_root: Path) -> Path:
         **summary,
         "latest_log": res.log_path,
     }
-    path = log_dir / STATUS_FILE
-    atomic_write_bytes(path, (json.dumps(status, indent=2, default=json_default) + "\n").encode())
-    return path
+    return write_json(log_dir / STATUS_FILE, status)
 
 
 def store_summary(root: Path) -> dict[str, Any]:
-    """Current version, candidate and history count, read from manifests without the store
-    class (whose import pulls in torch: a skipped run stays light)."""
+    """Current version, candidate and history count, read from the manifests."""
 
     def version(path: Path) -> str | None:
         try:

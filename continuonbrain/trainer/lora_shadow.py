@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from continuonbrain.models.safety import ActionDistance, ShadowResult, Violates, shadow_evaluate
 from continuonbrain.rlds import Episode
 from continuonbrain.trainer.lora_hooks import Policy
-from continuonbrain.trainer.safety import ActionDistance, ShadowResult, Violates, shadow_evaluate
 
 __all__ = ["ActionNamer", "shadow_pairs", "shadow_policy"]
 

@@ -56,37 +56,49 @@ Data parallel ("past one board"): under ``torchrun --nproc_per_node=N`` (or N bo
   ``run_dir`` (and ``rlds_dir``) must be one filesystem that every rank sees: on one board
   trivially; across boards, a shared mount.
 
-The data side (episodes, shapes, windows, the Fast loop's Mid context) is in
+The data side (episodes, shapes, windows, the Fast loop's Mid context, the batch loop) is in
 :mod:`continuonbrain.trainer.hope_data`, the cross-rank plumbing (:class:`Ranks`, the EMA
-codebook sharing, replica digests) in :mod:`continuonbrain.trainer.distributed`; this module
-is the loop itself.
+codebook sharing, replica digests) in :mod:`continuonbrain.trainer.distributed`, and what is
+shared with the LoRA adapter trainer in its own modules: the guards and the thermal policy
+(:mod:`~continuonbrain.trainer.budgets`), checkpoints (:mod:`~continuonbrain.trainer.checkpoint`),
+the event format and summaries (:mod:`~continuonbrain.trainer.metrics`). This module is the loop
+itself, and ``continuonbrain train`` (:func:`run_command`, :func:`main`).
+
+What a test (or a board with other sensors) changes is passed in, never patched in:
+:class:`SequentialTrainer` takes the thermal and memory guard factories and the EMA codebook
+sharing as parameters, and :func:`main` hands them on.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import logging
 import math
 import os
-import re
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from continuonbrain.fsutil import fsync_dir, fsync_file
 from continuonbrain.hope import HopeConfig, build_component, load_component, save_component
+from continuonbrain.models.store import ModelStore
 from continuonbrain.rlds import Episode
 from continuonbrain.trainer.budgets import (
+    BUDGET_REASONS,
     MemoryGuard,
     StepBudget,
     ThermalGuard,
+    budget_spent,
     read_temperature_c,
     release_memory,
     rss_mb,
+    stop_reason,
 )
 from continuonbrain.trainer.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_rngs, set_rng_state
 from continuonbrain.trainer.distributed import Ranks, is_hot, share_codebook_updates, state_digests
@@ -100,16 +112,33 @@ from continuonbrain.trainer.hope_data import (
     sample_observations,
     with_mid_context,
 )
-from continuonbrain.trainer.metrics import MetricsLogger, component_summary, read_metrics, write_summary
-from continuonbrain.trainer.store import ModelStore
-from continuonbrain.trainer.train_config import ComponentTrainConfig, SequentialConfig
+from continuonbrain.trainer.metrics import (
+    EventFile,
+    MetricsLogger,
+    component_summary,
+    event_record,
+    read_metrics,
+    step_record,
+    write_json,
+    write_summary,
+)
+from continuonbrain.trainer.train_config import (
+    ComponentTrainConfig,
+    SequentialConfig,
+    ThermalConfig,
+    add_train_arguments,
+    train_config_from_args,
+)
 
-# TrainingError, the data helpers and share_codebook_updates are imported above from
-# hope_data / distributed and stay reachable here, where callers and tests (which patch
-# ``sequential.share_codebook_updates``, ``sequential.ThermalGuard`` and
-# ``sequential.MemoryGuard``) have always looked them up: the loop below resolves those
-# names in this module, so such patches still take effect.
-__all__ = ["DEPENDENCIES", "SequentialTrainer", "TrainingError"]
+__all__ = [
+    "BUDGET_REASONS",
+    "DEPENDENCIES",
+    "SequentialTrainer",
+    "TrainingError",
+    "add_arguments",
+    "main",
+    "run_command",
+]
 
 log = logging.getLogger(__name__)
 
@@ -132,13 +161,12 @@ class _LossModule(nn.Module):
         return self.module.loss(batch)
 
 
-#: Stop reasons that mean a component is finished (its budget is spent); any other stop is resumable.
-BUDGET_REASONS = ("max_steps", "max_wall_time_s")
-
-
-def _spent_budget(reason: str | None) -> bool:
-    """``"max_steps"``, or another rank's ``"rank 1: max_wall_time_s"``: the budget is spent."""
-    return re.sub(r"^rank \d+: ", "", reason or "") in BUDGET_REASONS
+#: Makes a component's memory guard: ``(budget_mb, min_available_mb, check_every)``.
+MemoryGuardFactory = Callable[[float | None, float | None, int], MemoryGuard]
+#: Makes a component's thermal guard from the run's ``thermal`` config.
+ThermalGuardFactory = Callable[[ThermalConfig], ThermalGuard]
+#: Keeps the EMA codebooks of DDP replicas identical (see ``distributed.share_codebook_updates``).
+CodebookSharing = Callable[[nn.Module, Callable[[], list[int]]], int]
 
 
 def _lr_lambda(comp: ComponentTrainConfig) -> Callable[[int], float]:
@@ -158,10 +186,26 @@ def _lr_lambda(comp: ComponentTrainConfig) -> Callable[[int], float]:
 class SequentialTrainer:
     """Trains ``cfg.order`` one component at a time (see the module doc); ``run`` returns the
     summary. ``stop_requested = True`` (from a signal handler or another thread) stops the
-    running component at its next step, after a checkpoint, and skips the rest."""
+    running component at its next step, after a checkpoint, and skips the rest.
 
-    def __init__(self, cfg: SequentialConfig, *, on_event: Callable[[dict], None] | None = None):
+    ``on_event`` gets every record of ``metrics.jsonl`` as it is written (the one event format,
+    :mod:`~continuonbrain.trainer.metrics`). ``thermal_guard``, ``memory_guard`` and
+    ``share_codebooks`` replace the guards and the cross-rank codebook sharing (per-rank sensors,
+    a negative control); the defaults are the real ones."""
+
+    def __init__(
+        self,
+        cfg: SequentialConfig,
+        *,
+        on_event: Callable[[dict], None] | None = None,
+        thermal_guard: ThermalGuardFactory = ThermalGuard.from_config,
+        memory_guard: MemoryGuardFactory = MemoryGuard,
+        share_codebooks: CodebookSharing = share_codebook_updates,
+    ):
         self.cfg = cfg
+        self.thermal_guard = thermal_guard
+        self.memory_guard = memory_guard
+        self.share_codebooks = share_codebooks
         self.run_dir = Path(cfg.run_dir)
         self.components_dir = self.run_dir / "components"
         self.checkpoint_dir = self.run_dir / "checkpoints"
@@ -191,11 +235,7 @@ class SequentialTrainer:
         never empty (an unreadable ``state.json`` would leave the run unresumable)."""
         if self.rank != 0:
             return
-        tmp = self.state_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(state, indent=2, default=str) + "\n")
-        fsync_file(tmp)
-        os.replace(tmp, self.state_path)
-        fsync_dir(self.run_dir)
+        write_json(self.state_path, state)
 
     def _emit(self, logger: MetricsLogger | None, record: dict[str, Any]) -> None:
         """Log and report an event: rank 0 only (the other ranks have no logger)."""
@@ -329,7 +369,7 @@ class SequentialTrainer:
             seen = mine.get("seen") or {}
             seen_windows, seen_episodes = int(seen.get("windows", 0)), set(seen.get("episodes", []))
             step, epoch, elapsed_before = ckpt["step"], mine["data"]["epoch"], ckpt["elapsed_s"]
-            self._emit(logger, {"event": "resumed", "component": name, "step": step})
+            self._emit(logger, event_record("resumed", name, step))
         init_identical = True
         trainable: nn.Module = _LossModule(module, helper)
         if world > 1:
@@ -338,7 +378,7 @@ class SequentialTrainer:
             init_identical = all(d == digests[0] for d in digests)
             if not init_identical:
                 log.error("%s: the replicas differ before training (seed or normaliser data differ?)", name)
-            share_codebook_updates(module, lambda: [abs(cfg.seed), step])
+            self.share_codebooks(module, lambda: [abs(cfg.seed), step])
             # forward_sync_buffers=False (the old broadcast_buffers=False): no broadcast of rank 0's
             # buffers before each forward. The only buffers trained in forward (EMA codebooks) are
             # kept identical by share_codebook_updates, and the check after training sees any slip.
@@ -351,11 +391,11 @@ class SequentialTrainer:
 
         budget = StepBudget(comp.max_steps, comp.max_wall_time_s)
         budget.started -= elapsed_before
-        memory = MemoryGuard(comp.memory_budget_mb, cfg.min_available_mb, comp.memory_check_every)
-        thermal = ThermalGuard(**vars(cfg.thermal))
+        memory = self.memory_guard(comp.memory_budget_mb, cfg.min_available_mb, comp.memory_check_every)
+        thermal = self.thermal_guard(cfg.thermal)
         started = time.monotonic() - elapsed_before
         last_log, last_log_step = time.monotonic(), step
-        stop_reason = ranks.agree(budget.exhausted(step))
+        stop = ranks.agree(budget.exhausted(step))
         hot = world > 1 and ranks.any(is_hot(thermal))  # one process: thermal.wait_if_hot looks itself
 
         def checkpoint() -> None:
@@ -381,16 +421,18 @@ class SequentialTrainer:
                 )
 
         def emit_thermal(event: dict[str, Any]) -> None:
-            self._emit(logger, {**event, "component": name, "step": step})
+            self._emit(
+                logger, event_record(event["event"], name, step, **{k: v for k, v in event.items() if k != "event"})
+            )
 
-        self._emit(logger, {"event": "component_start", "component": name, "step": step, "steps": comp.max_steps})
+        self._emit(logger, event_record("component_start", name, step, steps=comp.max_steps))
         stream = batches(dataset, comp.batch_size, epoch)
-        while stop_reason is None:
+        while stop is None:
             if world == 1:
-                stop_reason = thermal.wait_if_hot(emit_thermal)
+                stop = thermal.wait_if_hot(emit_thermal)
             elif hot:
-                stop_reason = ranks.pause_together(thermal, emit_thermal)
-            if stop_reason:
+                stop = ranks.pause_together(thermal, emit_thermal)
+            if stop:
                 checkpoint()
                 break
             _, batch = next(stream)
@@ -405,25 +447,25 @@ class SequentialTrainer:
             seen_episodes.update(batch["episode_index"].reshape(-1).tolist())
             step += 1
             scalars = {k: float(v.detach()) for k, v in losses.items() if torch.is_tensor(v) and v.dim() == 0}
-            reason = memory.check() or budget.exhausted(step) or ("stopped" if self.stop_requested else None)
-            stop_reason, hot, scalars = ranks.sync_step(reason, world > 1 and is_hot(thermal), scalars)
+            reason = stop_reason(budget, memory, step, self.stop_requested)
+            stop, hot, scalars = ranks.sync_step(reason, world > 1 and is_hot(thermal), scalars)
             if step % comp.log_every == 0 or step == comp.max_steps:
                 now = time.monotonic()
-                record = {
-                    "component": name,
-                    "step": step,
-                    "epoch": dataset.epoch,
-                    **scalars,
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": grad_norm,
-                    "steps_per_s": (step - last_log_step) / max(now - last_log, 1e-9),
-                    "rss_mb": round(rss_mb(), 1),
-                    "temp_c": read_temperature_c(cfg.thermal.sysfs_root),
-                    "wall_time_s": round(now - started, 3),
-                }
+                record = step_record(
+                    name,
+                    step,
+                    scalars,
+                    epoch=dataset.epoch,
+                    lr=scheduler.get_last_lr()[0],
+                    grad_norm=grad_norm,
+                    steps_per_s=(step - last_log_step) / max(now - last_log, 1e-9),
+                    rss_mb=round(rss_mb(), 1),
+                    temp_c=read_temperature_c(cfg.thermal.sysfs_root),
+                    wall_time_s=round(now - started, 3),
+                )
                 last_log, last_log_step = now, step
                 self._emit(logger, record)
-            if stop_reason or step % comp.checkpoint_every == 0:
+            if stop or step % comp.checkpoint_every == 0:
                 checkpoint()
 
         wall = time.monotonic() - started
@@ -447,11 +489,11 @@ class SequentialTrainer:
         result = {
             # A spent budget finishes a component; a stop request, the memory guard or the thermal
             # give-up only interrupt it: its checkpoint is kept and --resume trains it on to its budget.
-            "status": "done" if _spent_budget(stop_reason) else "interrupted",
+            "status": "done" if budget_spent(stop) else "interrupted",
             "steps": step,
             "wall_time_s": round(wall, 3),
             "peak_rss_mb": round(max(r["peak_rss_mb"] for r in per_rank), 1),
-            "stop_reason": stop_reason,
+            "stop_reason": stop,
             "thermal_pauses": len(thermal.pauses),
             "world_size": world,
             "batch_size_per_rank": comp.batch_size,
@@ -462,7 +504,7 @@ class SequentialTrainer:
             "episodes_per_rank": [len(e) for e in episode_sets],
             "episodes_shared_between_ranks": len(shared),
         }
-        self._emit(logger, {"event": "component_done", "component": name, **result})
+        self._emit(logger, event_record("component_done", name, **result))
         # Returning drops the module, its optimizer state and the data stream: the caller frees memory.
         return result
 
@@ -499,3 +541,55 @@ class SequentialTrainer:
             "components": comps,
             "all_halved": all(c.get("halved", False) for c in comps.values()) if comps else False,
         }
+
+
+# --- command line ---------------------------------------------------------------------------
+
+#: The options of ``continuonbrain train`` (torch-free: defined with the config).
+add_arguments = add_train_arguments
+
+
+def run_command(args: argparse.Namespace, **trainer_options: Any) -> int:
+    """``continuonbrain train``: exit 0 when the run ended (finished or interrupted, then
+    resumable), 2 when it could not run. ``trainer_options`` go to :class:`SequentialTrainer`."""
+    import signal
+
+    try:
+        cfg = train_config_from_args(args)
+        with EventFile(getattr(args, "events", None)) as events:
+            trainer = SequentialTrainer(cfg, on_event=events, **trainer_options)
+
+            def stop(signum: int, frame: object) -> None:  # SIGTERM (the API's stop): checkpoint, then stop
+                trainer.stop_requested = True
+
+            with contextlib.suppress(ValueError):  # not the main thread: no signal handler
+                signal.signal(signal.SIGTERM, stop)
+            summary = trainer.run(resume=args.resume)
+    except (TrainingError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every rank has the summary: print it once
+        return 0
+    if args.json:
+        sys.stdout.write(json.dumps(summary, default=str) + "\n")
+        return 0
+    print(f"run: {summary['run_dir']}  (metrics.jsonl, summary.json)")
+    for name, c in summary["components"].items():
+        print(
+            f"  {name:<10} steps {c['steps']:>5}  loss {c.get('initial_loss', float('nan')):.4f} -> "
+            f"{c.get('final_loss', float('nan')):.4f}  {c['wall_time_s']:.1f} s  peak RSS {c['peak_rss_mb']:.0f} MB  "
+            f"stop: {c['stop_reason']}"
+        )
+    print(f"candidate: {Path(summary['model_root']) / 'candidate'}")
+    unfinished = [name for name, c in summary["components"].items() if c.get("status") != "done"]
+    if unfinished:
+        print(f"interrupted in {unfinished[0]}: `--resume` with the same run dir trains on from its checkpoint")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, **trainer_options: Any) -> int:
+    """``continuonbrain train`` as a function: ``main(["--config", ...], share_codebooks=...)``
+    runs it with :class:`SequentialTrainer` options (what tests and custom entry points pass)."""
+    parser = argparse.ArgumentParser(prog="continuonbrain train", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_command(parser.parse_args(argv), **trainer_options)
