@@ -98,6 +98,20 @@ def test_the_shipped_config_and_overrides(tmp_path: Path) -> None:
         LocalTrainerJobConfig.from_json(tmp_path / "bad.json")
 
 
+def test_adapt_takes_dotted_and_flat_set_on_the_command_line() -> None:
+    import argparse
+
+    from continuonbrain.trainer.local_lora_trainer import add_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--config", str(DONKEY), "--set", "max_steps=5", "--set", "lora.rank=8", "--rlds-dir", "x"])
+    cfg = config_from_args(args)
+    assert cfg.budgets.max_steps == 5 and cfg.lora.rank == 8 and cfg.rlds_dir == str(Path("x").resolve())
+    with pytest.raises(ValueError, match=r"LocalTrainerJobConfig\.lora\.rank: .*greater than or equal to 1"):
+        config_from_args(p.parse_args(["--config", str(DONKEY), "--set", "lora.rank=0"]))
+
+
 # --------------------------------------------------------------------------- 1. stub dry run, real CLI
 
 
@@ -410,3 +424,197 @@ def test_a_pending_seed_a_busy_store_and_a_missing_base_are_reported(seed, tmp_p
 
 # PEFT interop (adapters load with the real peft, both ways) is tests/interop/test_peft_compat.py,
 # run in .venv-peft by `make test-interop`.
+
+
+# --------------------------------------------------------------------------- 5. resume after a kill, pauses, stops
+
+#: The killed run is killed once it has logged this step: past its first checkpoint (step
+#: ``RESUME_CHECKPOINT_EVERY``), with steps after it that the resumed run must redo.
+RESUME_CHECKPOINT_EVERY = 10
+RESUME_KILL_AFTER = RESUME_CHECKPOINT_EVERY + 3
+RESUME_STEPS = 150
+
+
+def _adapt(seed: dict[str, Path], root: Path, logs: Path, events: Path, *extra: str) -> list[str]:
+    """``continuonbrain adapt`` with the shipped flat Donkeycar config and dotted overrides:
+    every step logged, a checkpoint every 10 steps, LoRA dropout (random draws after the
+    resume point), small batches over several epochs of a shuffle buffer smaller than one."""
+    sets = {
+        "log_dir": str(logs),
+        "data.action_keys": json.dumps(ACTION_KEYS),
+        "guards.per_key_bounds": json.dumps({k: [-1.0, 1.0] for k in ACTION_KEYS}),
+        "thermal.sysfs_root": str(root.parent / "no-sysfs"),
+        "budgets.max_steps": str(RESUME_STEPS),
+        "training.checkpoint_every": str(RESUME_CHECKPOINT_EVERY),
+        "training.log_every_steps": "1",
+        "training.batch_size": "16",
+        "training.shuffle_buffer_multiplier": "2",
+        "lora.dropout": "0.1",
+    }
+    cmd = [sys.executable, "-m", "continuonbrain", "adapt", "--config", str(DONKEY), "--rlds-dir", str(seed["gain05"]),
+           "--model-root", str(root), "--events", str(events), "--json"]  # fmt: skip
+    for key, value in sets.items():
+        cmd += ["--set", f"{key}={value}"]
+    return [*cmd, *extra]
+
+
+def _read_events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.endswith("}")]  # a torn last line is skipped
+
+
+def _adapter_dir(root: Path, result: dict) -> Path:
+    """Where the run's adapter ended up: current/ when promoted, rejected/<version>/ otherwise."""
+    return root / "current" if result["promoted"] else root / "rejected" / result["candidate_version"]
+
+
+def test_kill_9_during_adaptation_then_resume_gives_the_uninterrupted_adapter(seed, tmp_path: Path) -> None:
+    """A real ``continuonbrain adapt`` process is killed with SIGKILL mid-training (after its
+    first checkpoint); ``adapt --resume`` continues from the checkpoint with the same episodes
+    and ends with the uninterrupted run's adapter, byte for byte."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    a_root, b_root = fresh_store(seed, tmp_path / "a"), fresh_store(seed, tmp_path / "b")
+    a = subprocess.run(
+        _adapt(seed, a_root, tmp_path / "a" / "logs", tmp_path / "a" / "events.jsonl"),
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert a.returncode in (0, 1), a.stderr
+    a_result = json.loads(a.stdout)
+    assert a_result["steps"] == RESUME_STEPS and a_result["stop_reason"] == "max_steps", a_result
+
+    logs, events = tmp_path / "b" / "logs", tmp_path / "b" / "events.jsonl"
+    with (tmp_path / "killed.log").open("wb") as out:
+        proc = subprocess.Popen(_adapt(seed, b_root, logs, events), stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 240  # a hang guard, not a timing assertion
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            steps = [e["step"] for e in _read_events(events) if e.get("event") == "step"]
+            if steps and steps[-1] >= RESUME_KILL_AFTER:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.002)
+    finally:
+        if proc.poll() is None and time.monotonic() >= deadline:
+            proc.kill()
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()
+    run_state = logs / "adapt-run"
+    assert (run_state / "checkpoint.safetensors").is_file() and (run_state / "job.json").is_file()
+    assert not (b_root / "candidate").exists()  # killed mid-training: nothing reached the store
+
+    b = subprocess.run(
+        _adapt(seed, b_root, logs, events, "--resume"), capture_output=True, text=True, timeout=300, env=env
+    )
+    assert b.returncode == a.returncode, b.stderr
+    b_result = json.loads(b.stdout)
+    # It resumed from a checkpoint written before the kill (not from scratch) ...
+    resumed = [e["step"] for e in _read_events(events) if e.get("event") == "resumed"]
+    assert resumed == [b_result["resumed_from_step"]], resumed
+    assert resumed[0] > 0 and resumed[0] % RESUME_CHECKPOINT_EVERY == 0 and resumed[0] < RESUME_STEPS
+    # ... and ended with the uninterrupted run's adapter, its losses and its gate decision.
+    assert b_result["steps"] == RESUME_STEPS and b_result["status"] == a_result["status"]
+    assert b_result["losses"] == a_result["losses"] and b_result["final_loss"] == a_result["final_loss"]
+    assert b_result["after_avg_action_delta"] == a_result["after_avg_action_delta"]
+    a_dir, b_dir = _adapter_dir(a_root, a_result), _adapter_dir(b_root, b_result)
+    weights = "adapter_model.safetensors"
+    assert sha256(b_dir / weights) == sha256(a_dir / weights), "the resumed adapter differs"
+    a_cfg, b_cfg = (json.loads((d / "adapter_config.json").read_text()) for d in (a_dir, b_dir))
+    assert {**a_cfg, "base_model_name_or_path": None} == {**b_cfg, "base_model_name_or_path": None}
+    assert not run_state.exists()  # the candidate is in the store: nothing is left to resume
+    # One log for the run: the killed run's, continued.
+    assert b_result["log_path"] == json.loads((run_state.parent / "status.json").read_text())["latest_log"]
+    assert len(list(logs.glob("adapt_*.jsonl"))) == 1
+
+
+def test_a_stopped_dry_run_resumes_to_the_uninterrupted_result(seed, tmp_path: Path) -> None:
+    """A stop request (SIGTERM in the command) checkpoints and ends the run "interrupted" with
+    nothing in the store; ``resume=True`` finishes it exactly as an uninterrupted run."""
+    full = maybe_run_local_training(job(tmp_path / "full", seed["gain05"], fresh_store(seed, tmp_path / "full"),
+                                        max_steps=30), build_stub_hooks())  # fmt: skip
+    assert full.status == "dry_run" and full.steps == 30
+
+    root = fresh_store(seed, tmp_path / "stopped")
+    cfg = job(tmp_path / "stopped", seed["gain05"], root, max_steps=30)
+    steps: list[int] = []
+    record = lambda e: steps.append(e["step"]) if e.get("event") == "step" else None  # noqa: E731
+    stopped = maybe_run_local_training(
+        cfg, build_stub_hooks(), on_event=record, stop_requested=lambda: bool(steps) and steps[-1] >= 10
+    )
+    assert stopped.status == "interrupted" and stopped.stop_reason == "stopped" and stopped.steps == 10
+    assert "--resume" in stopped.reason and not (root / "candidate").exists() and not (root / "rejected").exists()
+    status = json.loads((tmp_path / "stopped" / "logs" / "status.json").read_text())
+    assert status["status"] == "interrupted"
+
+    done = maybe_run_local_training(cfg, build_stub_hooks(), resume=True)
+    assert done.status == "dry_run" and done.resumed_from_step == 10 and done.steps == 30
+    assert done.losses == full.losses and done.final_loss == full.final_loss
+    stub = lambda result, root: (root / "rejected" / result.candidate_version / "stub_adapter.json").read_text()  # noqa: E731
+    assert stub(done, root) == stub(full, tmp_path / "full" / "models")
+    # Without --resume a new run starts afresh (and discards an unfinished one).
+    again = maybe_run_local_training(cfg, build_stub_hooks(), resume=False)
+    assert again.status == "dry_run" and again.resumed_from_step is None
+
+
+def test_adaptation_pauses_while_the_soc_is_hot_and_a_memory_stop_is_resumable(seed, tmp_path: Path) -> None:
+    """The seed trainer's thermal policy: above thermal.max_temp_c the run pauses between steps
+    (logged), resumes below resume_temp_c and trains its whole budget; the memory guard
+    checkpoints and interrupts, as in the seed trainer."""
+    import threading
+
+    sysfs = fake_sysfs(tmp_path / "sys", temp_c=86.0, battery_percent=90)
+    root = fresh_store(seed, tmp_path)
+    cfg = job(tmp_path, seed["gain05"], root, max_steps=12).with_overrides(
+        {"thermal.sysfs_root": str(sysfs), "thermal.poll_s": 0.05}
+    )
+    events: list[dict] = []
+    temp = sysfs / "class" / "thermal" / "thermal_zone0" / "temp"
+    cooler = threading.Timer(0.5, lambda: temp.write_text("65000\n"))
+    cooler.start()
+    result = maybe_run_local_training(cfg, build_stub_hooks(), on_event=events.append)
+    cooler.join()
+    assert result.status == "dry_run" and result.steps == 12 and result.stop_reason == "max_steps"
+    pauses = [e for e in events if e["event"] in ("thermal_pause", "thermal_resume")]
+    assert [(e["event"], e["component"], e["step"]) for e in pauses] == [
+        ("thermal_pause", "lora", 0),
+        ("thermal_resume", "lora", 0),
+    ]
+    assert pauses[0]["temp_c"] == 86.0 and pauses[1]["temp_c"] == 65.0 and pauses[1]["paused_s"] > 0
+    # One event format: steps are the seed trainer's records, with the component "lora".
+    step = next(e for e in events if e["event"] == "step")
+    assert step["component"] == "lora" and {"step", "loss", "rss_mb", "time"} <= set(step)
+    assert [e["event"] for e in events if e.get("component") == "lora" and e["event"].startswith("component")] == [
+        "component_start",
+        "component_done",
+    ]
+
+    tight = cfg.with_overrides({"budgets.memory_budget_mb": 1.0})
+    stopped = maybe_run_local_training(tight, build_stub_hooks())
+    assert stopped.status == "interrupted" and stopped.stop_reason == "memory" and stopped.steps == 1
+    assert stopped.stop_detail.startswith("memory: process RSS")
+    assert (tmp_path / "logs" / "adapt-run-stub" / "checkpoint.safetensors").is_file()
+    done = maybe_run_local_training(cfg, build_stub_hooks(), resume=True)
+    assert done.status == "dry_run" and done.resumed_from_step == 1 and done.steps == 12
+
+
+def test_a_stub_dry_run_loads_no_torch(episodes_dir: Path, tmp_path: Path) -> None:
+    """Dry runs (and the command's parser) stay light: episodes, budgets, checkpoints, the gate
+    and the store's rotation all run without importing torch."""
+    code = f"""
+import sys
+from continuonbrain.trainer import LocalTrainerJobConfig, build_stub_hooks, maybe_run_local_training
+cfg = LocalTrainerJobConfig(rlds_dir={str(episodes_dir)!r}, model_root={str(tmp_path / "models")!r},
+                            log_dir={str(tmp_path / "logs")!r}, data={{"min_episodes": 2}},
+                            budgets={{"max_steps": 12}}, training={{"checkpoint_every": 5}},
+                            safety={{"eval_tail_episodes": 1}}, thermal={{"sysfs_root": {str(tmp_path)!r}}})
+result = maybe_run_local_training(cfg, build_stub_hooks())
+import continuonbrain.cli
+continuonbrain.cli.build_parser()
+print(result.status, result.steps, "torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["dry_run", "12", "False"]

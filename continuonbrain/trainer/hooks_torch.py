@@ -1,7 +1,7 @@
 """Torch hooks for the local LoRA trainer: a frozen base, LoRA on its Linear layers, PEFT files.
 
 :func:`build_torch_hooks` wires four pluggable parts into the trainer's
-:class:`~continuonbrain.trainer.local_lora_trainer.ModelHooks`:
+:class:`~continuonbrain.trainer.lora_hooks.ModelHooks`:
 
 * ``base_model_loader``: returns the model to adapt, given the base directory (or no
   argument). Default: the HOPE seed in ``<model_root>/current`` read with
@@ -27,6 +27,13 @@ run starts so a promotion meanwhile cannot change them under the adapter) plus
 ``HopeBrain.load`` merges for inference. Shadow evaluation loads each slot exactly as the
 runtime will (the HOPE brain on its numpy path), so what is gated is what will be served.
 
+Training uses the seed trainer's machinery: its batch loop (:func:`~continuonbrain.trainer.hope_data.batches`,
+with a DataLoader generator of its own), its Mid-context code and its RNG checkpointing, so the
+hooks are resumable: :meth:`TorchLoRAHooks.state_dict` holds the adapter weights, the optimizer,
+the data position and the RNG states, and a run killed with ``kill -9`` and resumed ends with the
+uninterrupted run's adapter, byte for byte. Which keys form the state vector is the seed's rule
+(:meth:`~continuonbrain.hope.config.HopeConfig.vector_keys`).
+
 torch is imported when the hooks are built, never at module import: ``import
 continuonbrain.trainer`` and stub dry runs stay free of it.
 """
@@ -41,14 +48,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from continuonbrain.trainer.local_lora_trainer import (
-    AdaptationError,
-    AdaptationJob,
-    CandidateFiles,
-    ModelHooks,
-    Policy,
-)
-from continuonbrain.trainer.safety import ActionDistance, Violates
+from continuonbrain.models.safety import ActionDistance, Violates
+from continuonbrain.trainer.budgets import release_memory
+from continuonbrain.trainer.checkpoint import rng_state, seed_rngs, set_rng_state
+from continuonbrain.trainer.lora_hooks import AdaptationError, AdaptationJob, CandidateFiles, ModelHooks, Policy
 
 if TYPE_CHECKING:
     import torch
@@ -133,6 +136,8 @@ def _call_loader(loader: ModelLoader, directory: Path) -> nn.Module:
 class TorchLoRAHooks(ModelHooks):
     """See the module doc; built by :func:`build_torch_hooks`."""
 
+    resumable = True
+
     def __init__(
         self,
         base_model_loader: ModelLoader | None = None,
@@ -155,7 +160,8 @@ class TorchLoRAHooks(ModelHooks):
         self.model: Any = None
         self.optimizer: Any = None
         self.params: list[Any] = []
-        self.batches: Iterator[dict[str, Any]] | None = None
+        self.dataset: Any = None
+        self.batches: Iterator[tuple[int, dict[str, Any]]] | None = None
         self.job: AdaptationJob | None = None
         self.base_copy: Path | None = None
 
@@ -170,20 +176,21 @@ class TorchLoRAHooks(ModelHooks):
         cfg = job.cfg
         self.job = job
         torch.set_num_threads(cfg.torch_threads)
-        torch.manual_seed(cfg.seed)
+        seed_rngs(cfg.seed)
         base_dir = job.base_dir
         if self.base_model_loader is None:
-            self.base_copy = _snapshot_hope_files(base_dir, job.workdir / "base")
+            self.base_copy = _snapshot_hope_files(base_dir, job.workdir / "base", reuse=job.resuming)
             model = load_hope_base(self.base_copy)
         else:
             model = _call_loader(self.base_model_loader, base_dir)
         self.is_hope = isinstance(model, HopeBrain)
         if self.is_hope and self.base_copy is None:  # a custom loader that returned a HOPE brain
-            self.base_copy = _snapshot_hope_files(base_dir, job.workdir / "base")
+            self.base_copy = _snapshot_hope_files(base_dir, job.workdir / "base", reuse=job.resuming)
         for p in model.parameters():
             p.requires_grad_(False)
-        injector = self.lora_injector or make_lora_injector(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
-        params = injector(model, list(cfg.lora_layers))
+        lora = cfg.lora
+        injector = self.lora_injector or make_lora_injector(lora.rank, lora.alpha, lora.dropout)
+        params = injector(model, list(lora.layers))
         layers = sorted(find_lora_layers(model))
         if not layers:
             raise AdaptationError("error", "the LoRA injector added no LoRALinear layers (use hope.lora.inject_lora)")
@@ -191,23 +198,23 @@ class TorchLoRAHooks(ModelHooks):
         for p in self.params:
             p.requires_grad_(True)
         episodes = job.train_episodes
-        obs_keys = cfg.observation_keys
+        obs_keys = cfg.data.observation_keys
         if self.is_hope:
             outside = [n for n in layers if not n.startswith("fast_loop.")]
             if outside:
                 raise AdaptationError(
                     "error", f"LoRA layers {outside} are outside the Fast loop, which is what the HOPE loss trains"
                 )
-            hope = model.config
-            # As in sequential training: the seed's state keys for dict observations, else the config's.
-            obs_keys = list(hope.state_keys) if (hope.state_keys or hope.image_keys) else obs_keys
+            obs_keys = model.config.vector_keys(obs_keys)  # the seed's rule, as in sequential training
             if model.uses_mid:
-                _attach_mid_context(model, episodes, obs_keys, cfg.action_keys)
+                _attach_mid_context(model, episodes, obs_keys, cfg.data.action_keys)
         if self.loss_fn is None and not self.is_hope:
             raise AdaptationError("error", "a model from base_model_loader needs a loss_fn(model, batch)")
         self.model = model
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        self.batches = self._batches(episodes, obs_keys)
+        train = cfg.training
+        self.optimizer = torch.optim.AdamW(self.params, lr=train.learning_rate, weight_decay=train.weight_decay)
+        self.dataset = self._dataset(episodes, obs_keys)
+        self.batches = self._batches(0)
         job.log_event(
             {
                 "event": "lora",
@@ -217,39 +224,42 @@ class TorchLoRAHooks(ModelHooks):
             }
         )
 
-    def _batches(self, episodes: list[Any], obs_keys: list[str] | None) -> Iterator[dict[str, Any]]:
-        """Endless Fast-window batches over the training episodes (a new shuffle each epoch)."""
-        import torch
-
+    def _dataset(self, episodes: list[Any], obs_keys: list[str] | None) -> Any:
+        """Fast windows of the training episodes (a new shuffle each epoch)."""
         from continuonbrain.rlds.windows import FastWindowDataset
 
         assert self.job is not None
         cfg = self.job.cfg
-        dataset = FastWindowDataset(
+        return FastWindowDataset(
             episodes,
-            length_s=cfg.window_s,
-            shuffle_buffer=cfg.batch_size * cfg.shuffle_buffer_multiplier,
+            length_s=cfg.data.window_s,
+            shuffle_buffer=cfg.training.batch_size * cfg.training.shuffle_buffer_multiplier,
             seed=cfg.seed,
             observation_keys=obs_keys,
-            action_keys=cfg.action_keys,
+            action_keys=cfg.data.action_keys,
         )
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=0)
-        epoch = 0
-        while True:
-            dataset.set_epoch(epoch)
-            produced = False
-            for batch in loader:
-                produced = True
-                yield batch
-            if not produced:
-                raise AdaptationError("no_data", "the training episodes yield no Fast windows")
-            epoch += 1
+
+    def _batches(self, start_epoch: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        """The seed trainer's endless batch loop over :attr:`dataset` (resumable)."""
+        from continuonbrain.trainer.hope_data import batches
+
+        assert self.job is not None
+        return batches(self.dataset, self.job.cfg.training.batch_size, start_epoch)
+
+    def _next_batch(self) -> dict[str, Any]:
+        from continuonbrain.trainer.hope_data import TrainingError
+
+        assert self.batches is not None
+        try:
+            return next(self.batches)[1]
+        except TrainingError:
+            raise AdaptationError("no_data", "the training episodes yield no Fast windows") from None
 
     def train_step(self) -> dict[str, float]:
         import torch
 
         assert self.batches is not None and self.optimizer is not None
-        batch = next(self.batches)
+        batch = self._next_batch()
         trained = self.model.fast_loop if self.is_hope else self.model
         trained.train()  # dropout only: the frozen Mid loop and VQ-VAE stay in eval mode
         try:
@@ -259,11 +269,53 @@ class TorchLoRAHooks(ModelHooks):
         losses = out if isinstance(out, dict) else {"loss": out}
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
-        clip = self.job.cfg.grad_clip if self.job else None
+        clip = self.job.cfg.training.grad_clip if self.job else None
         if clip:
             torch.nn.utils.clip_grad_norm_(self.params, clip)
         self.optimizer.step()
+        self.dataset.mark_consumed(batch)
         return {k: float(v.detach()) for k, v in losses.items() if torch.is_tensor(v) and v.dim() == 0}
+
+    # -- checkpoints
+
+    def _named_trainable(self) -> dict[str, Any]:
+        wanted = {id(p) for p in self.params}
+        return {n: p for n, p in self.model.named_parameters() if id(p) in wanted}
+
+    def state_dict(self) -> dict[str, Any]:
+        assert self.model is not None and self.optimizer is not None
+        return {
+            "params": {n: p.detach().clone() for n, p in self._named_trainable().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "data": self.dataset.state_dict(),
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        import torch
+
+        assert self.model is not None and self.optimizer is not None
+        params = self._named_trainable()
+        if set(params) != set(state["params"]):
+            raise AdaptationError(
+                "error",
+                f"cannot resume: the checkpoint adapts {sorted(state['params'])[:3]}..., this run "
+                f"{sorted(params)[:3]}... (were lora.layers or the base changed?)",
+            )
+        with torch.no_grad():
+            for name, p in params.items():
+                saved = state["params"][name]
+                if saved.shape != p.shape:
+                    raise AdaptationError(
+                        "error",
+                        f"cannot resume: {name} is {list(saved.shape)} in the checkpoint, {list(p.shape)} "
+                        "here (was lora.rank changed?)",
+                    )
+                p.copy_(saved)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.dataset.load_state_dict(state["data"])
+        self.batches = self._batches(int(state["data"]["epoch"]))
+        set_rng_state(state["rng"])
 
     def save_candidate(self, out_dir: Path) -> CandidateFiles:
         from continuonbrain.hope.lora import find_lora_layers, save_adapter
@@ -293,8 +345,6 @@ class TorchLoRAHooks(ModelHooks):
         return CandidateFiles([*base_files, *files], [], "torch-lora", info)
 
     def close(self) -> None:
-        from continuonbrain.trainer.budgets import release_memory
-
         self._reset_state()
         release_memory()
 
@@ -325,11 +375,14 @@ def _default_forward(model: nn.Module, obs: Any) -> np.ndarray:
     return y[0].detach().cpu().numpy()
 
 
-def _snapshot_hope_files(base_dir: Path, dest: Path) -> Path:
+def _snapshot_hope_files(base_dir: Path, dest: Path, reuse: bool = False) -> Path:
     """Copy the seed's config and component files (not its adapter or manifest) into the run's
-    scratch dir: the candidate is built from exactly the weights that were trained on."""
+    scratch dir: the candidate is built from exactly the weights that were trained on. ``reuse``
+    (a resumed run): the killed run's snapshot is used as it is, even if ``current`` changed since."""
     from continuonbrain.hope import CONFIG_NAME, component_path, list_components
 
+    if reuse and (dest / CONFIG_NAME).is_file() and list_components(dest):
+        return dest
     if not (base_dir / CONFIG_NAME).is_file() or not list_components(base_dir):
         raise AdaptationError(
             "no_base",
@@ -366,7 +419,7 @@ def hope_observations(config: HopeConfig) -> Callable[[Any], Iterator[Any]]:
     """``episode -> observations`` as a HOPE brain takes them on the robot: state vectors, or
     dicts of the state keys and decoded camera frames, one step at a time (a whole episode of
     decoded frames would not fit a Pi's memory budget)."""
-    keys = list(config.state_keys) if (config.state_keys or config.image_keys) else None
+    keys = config.vector_keys()
 
     def observations(ep: Any) -> Iterator[Any]:
         if not config.image_keys:
@@ -395,7 +448,7 @@ def build_torch_hooks(
     """Torch hooks for :func:`~continuonbrain.trainer.local_lora_trainer.maybe_run_local_training`.
 
     With no arguments: LoRA on the HOPE seed in ``<model_root>/current`` (or
-    ``base_model_path``) with the config's rank/alpha/dropout and the Fast loop's BC loss.
+    ``base_model_path``) with the config's ``lora`` rank/alpha/dropout and the Fast loop's BC loss.
     ``eval_forward(model, observation) -> action`` runs a custom model in shadow (default:
     ``model(obs[None])[0]``). Raises ImportError here, not mid-run, when torch is missing.
     """

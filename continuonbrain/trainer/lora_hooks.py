@@ -3,6 +3,8 @@ through it (:class:`AdaptationJob`, :class:`CandidateFiles`, :class:`Policy`), a
 :class:`StubHooks`, which run the whole loop without a model framework (dry runs).
 
 :func:`~continuonbrain.trainer.hooks_torch.build_torch_hooks` gives the torch implementation.
+Hooks that can be checkpointed (``resumable``: both of these) give the trainer their training
+state (:meth:`ModelHooks.state_dict`) and take it back after a kill (:meth:`ModelHooks.load_state_dict`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from continuonbrain.fsutil import atomic_write_bytes
+from continuonbrain.models.safety import ActionDistance, Violates
 from continuonbrain.rlds import Episode
 from continuonbrain.trainer.lora_config import LocalTrainerJobConfig
-from continuonbrain.trainer.safety import ActionDistance, Violates
 
 __all__ = [
     "STUB_FILE",
@@ -50,10 +53,14 @@ class AdaptationJob:
     #: (stub hooks do not need one).
     base_dir: Path
     train_episodes: list[Episode]
-    #: A scratch directory for this run, removed at the end (same filesystem as the store).
+    #: The run's scratch directory (``<log_dir>/adapt-run/work``): kept until the candidate is in
+    #: the store, so a killed run finds there what it had (the seed's files it adapts).
     workdir: Path
     #: Write an event to the run log.
     log_event: Callable[[dict[str, Any]], None] = lambda record: None
+    #: This run continues a killed one: ``load_state_dict`` follows ``start``, and what the
+    #: killed run put in ``workdir`` (the seed snapshot) is to be used as it is.
+    resuming: bool = False
 
 
 @dataclass
@@ -87,12 +94,16 @@ class ModelHooks:
 
         start(job) ; train_step() * N ; save_candidate(dir) ; close() ; load_policy(slot) (candidate, current)
 
-    ``action_distance_fn`` / ``safety_fn``: the gate's guards (see
-    :func:`~continuonbrain.trainer.safety.build_simple_action_guards`); None: the config's
+    and, when ``resumable``, ``state_dict()`` every ``training.checkpoint_every`` steps and
+    ``load_state_dict(state)`` right after ``start`` when a killed run is resumed: the run then
+    continues exactly (same batches, same random draws) and ends with the uninterrupted run's
+    candidate. ``action_distance_fn`` / ``safety_fn``: the gate's guards (see
+    :func:`~continuonbrain.models.safety.build_simple_action_guards`); None: the config's
     default guards. ``is_stub``: a dry run, never promoted.
     """
 
     is_stub: bool = False
+    resumable: bool = False
     action_distance_fn: ActionDistance | None = None
     safety_fn: Violates | None = None
 
@@ -105,6 +116,15 @@ class ModelHooks:
 
     def save_candidate(self, out_dir: Path) -> CandidateFiles:
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training state (trainable weights, optimizer, data position, RNG), for a
+        checkpoint: tensors, arrays, numbers, strings, lists and dicts (no pickle)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be checkpointed")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (called right after :meth:`start`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be resumed")
 
     def load_policy(self, slot_dir: Path) -> Policy | None:
         """The model stored in ``slot_dir`` (adapter merged), ready to act; None when these
@@ -125,6 +145,7 @@ class StubHooks(ModelHooks):
     """
 
     is_stub = True
+    resumable = True
 
     def __init__(self, rate: float = 0.1):
         self.rate = rate
@@ -135,14 +156,15 @@ class StubHooks(ModelHooks):
         self._steps = 0
 
     def start(self, job: AdaptationJob) -> None:
-        keys = job.cfg.action_keys
+        keys = job.cfg.data.action_keys
         rows = [ep.action_vector(keys) for ep in job.train_episodes]
         if not rows or sum(len(r) for r in rows) == 0:
             raise AdaptationError("no_data", "the training episodes have no steps")
         self._actions = np.concatenate(rows).astype(np.float64)
         self._mean = np.zeros(self._actions.shape[1])
         self._rng = np.random.default_rng(job.cfg.seed)
-        self._batch = job.cfg.batch_size
+        self._batch = job.cfg.training.batch_size
+        self._steps = 0
 
     def train_step(self) -> dict[str, float]:
         assert self._actions is not None and self._mean is not None
@@ -161,7 +183,8 @@ class StubHooks(ModelHooks):
             "mean_action": self._mean.tolist(),
             "steps": self._steps,
         }
-        path.write_text(json.dumps(doc, indent=2) + "\n")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
         return CandidateFiles([path], ["stub"], "stub", {"stub": True, "action_dim": len(self._mean)})
 
     def load_policy(self, slot_dir: Path) -> Policy | None:
@@ -170,6 +193,15 @@ class StubHooks(ModelHooks):
             return None  # a real model: stub hooks cannot run it
         mean = np.asarray(json.loads(path.read_text())["mean_action"], dtype=np.float32)
         return Policy(act=lambda obs: mean.copy())
+
+    def state_dict(self) -> dict[str, Any]:
+        assert self._mean is not None
+        return {"mean": self._mean.copy(), "rng": self._rng.bit_generator.state, "steps": self._steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._mean = np.asarray(state["mean"], dtype=np.float64).copy()
+        self._rng.bit_generator.state = state["rng"]
+        self._steps = int(state["steps"])
 
     def close(self) -> None:
         self._actions = None
