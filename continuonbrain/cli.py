@@ -114,72 +114,17 @@ def cmd_sim_collect(args: argparse.Namespace) -> int:
 # --- train -------------------------------------------------------------------------------
 
 
-DEFAULT_HOPE_CONFIG = Path(__file__).resolve().parent / "configs" / "pi5-hope-v1.json"
-
-
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``continuonbrain train`` (also ``python run_trainer.py``)."""
-    p.add_argument("--config", default=str(DEFAULT_HOPE_CONFIG), help="training config JSON (default: pi5-hope-v1)")
-    p.add_argument("--rlds-dir", help="episodes to train on (overrides the config)")
-    p.add_argument(
-        "--imagined-dir",
-        action="append",
-        metavar="DIR",
-        help="imagined episodes to mix in under max_imagined_fraction (repeatable; adds to imagined_rlds_dirs)",
-    )
-    p.add_argument("--model-root", help="model store; finished components go to its candidate slot")
-    p.add_argument("--run-dir", help="logs, checkpoints and components of this run")
-    p.add_argument("--max-steps", type=int, help="cap every component at N steps")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoints")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.add_argument("--events", metavar="FILE", help="also append every progress event to FILE as JSON lines")
+    from continuonbrain.trainer.train_config import add_train_arguments as add
+
+    add(p)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import signal
+    from continuonbrain.trainer.sequential import run_command
 
-    from continuonbrain.trainer.metrics import EventFile
-    from continuonbrain.trainer.sequential import SequentialTrainer, TrainingError
-    from continuonbrain.trainer.train_config import SequentialConfig
-
-    try:
-        cfg = SequentialConfig.from_json(
-            args.config, rlds_dir=args.rlds_dir, model_root=args.model_root, run_dir=args.run_dir
-        )
-        if args.max_steps is not None:
-            cfg.cap_steps(args.max_steps)
-        if getattr(args, "imagined_dir", None):
-            cfg.imagined_rlds_dirs = [*cfg.imagined_rlds_dirs, *(str(Path(d).resolve()) for d in args.imagined_dir)]
-        with EventFile(args.events) as events:
-            trainer = SequentialTrainer(cfg, on_event=events)
-
-            def stop(signum: int, frame: object) -> None:  # SIGTERM (the API's stop): checkpoint, then stop
-                trainer.stop_requested = True
-
-            signal.signal(signal.SIGTERM, stop)
-            summary = trainer.run(resume=args.resume)
-    except (TrainingError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    import os
-
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every rank has the summary: print it once
-        return 0
-    if args.json:
-        _print_json(summary)
-        return 0
-    print(f"run: {summary['run_dir']}  (metrics.jsonl, summary.json)")
-    for name, c in summary["components"].items():
-        print(
-            f"  {name:<10} steps {c['steps']:>5}  loss {c.get('initial_loss', float('nan')):.4f} -> "
-            f"{c.get('final_loss', float('nan')):.4f}  {c['wall_time_s']:.1f} s  peak RSS {c['peak_rss_mb']:.0f} MB  "
-            f"stop: {c['stop_reason']}"
-        )
-    print(f"candidate: {Path(summary['model_root']) / 'candidate'}")
-    unfinished = [name for name, c in summary["components"].items() if c.get("status") != "done"]
-    if unfinished:
-        print(f"interrupted in {unfinished[0]}: `--resume` with the same run dir trains on from its checkpoint")
-    return 0
+    return run_command(args)
 
 
 # --- eval ----------------------------------------------------------------------------------
@@ -285,7 +230,7 @@ def _slot_line(name: str, m: dict | None) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from continuonbrain.trainer.store import PromotionStore, StoreError
+    from continuonbrain.models.store import PromotionStore, StoreError
 
     store = PromotionStore(args.model_root)
     try:
@@ -304,7 +249,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 print(f"  audit      {when}  {what}  {a.get('version')}  {a.get('reason', '')}")
             return 0
         if args.models_command == "promote":
-            from continuonbrain.trainer.promotion import promote_candidate
+            from continuonbrain.models.promotion import promote_candidate
 
             result, info = promote_candidate(args.model_root, rlds_dir=args.rlds_dir)
             if args.json:

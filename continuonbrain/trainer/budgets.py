@@ -32,6 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+# The SoC temperature reader lives with the robot's other sensors; re-exported here, where it used to be.
+from continuonbrain.robot.sensors import THERMAL_ZONE as THERMAL_ZONE
+from continuonbrain.robot.sensors import read_temperature_c
+
 if TYPE_CHECKING:
     from continuonbrain.trainer.train_config import ThermalConfig
 
@@ -55,8 +59,6 @@ log = logging.getLogger(__name__)
 #: Stop reasons that mean a run (or a component) is finished: its budget is spent. Any other
 #: stop (memory, thermal give-up, a stop request) only interrupts it: resumable.
 BUDGET_REASONS = ("max_steps", "max_wall_time_s")
-
-THERMAL_ZONE = "class/thermal/thermal_zone0/temp"
 
 
 def rss_mb() -> float:
@@ -91,15 +93,6 @@ class MemoryGuard:
             avail = available_mb()
             if avail < self.min_available_mb:
                 return f"memory: only {avail:.0f} MB available, below the floor of {self.min_available_mb:.0f} MB"
-        return None
-
-
-def read_temperature_c(sysfs_root: str | Path = "/sys") -> float | None:
-    """SoC temperature from ``<root>/class/thermal/thermal_zone0/temp`` (millidegrees), or None."""
-    path = Path(sysfs_root) / THERMAL_ZONE
-    try:
-        return int(path.read_text().strip()) / 1000.0
-    except (OSError, ValueError):
         return None
 
 
