@@ -46,7 +46,7 @@ never promoted: it is set aside with the reason "stub", so a dry run can never r
 
 The parts live beside this loop: :mod:`~continuonbrain.trainer.lora_config` (the job config),
 :mod:`~continuonbrain.trainer.lora_hooks` (the hooks contract and the stub hooks),
-:mod:`~continuonbrain.trainer.lora_shadow` (shadow evaluation for the gate) and
+:mod:`~continuonbrain.models.promotion` (the one gate, shadow evaluation included) and
 :mod:`~continuonbrain.trainer.lora_result` (the result, run logs and ``status.json``). Their
 public names are importable from here as well (re-exports, as before the split).
 
@@ -74,15 +74,11 @@ from typing import Any
 
 import numpy as np
 
+from continuonbrain.models.promotion import apply_gate, gate_candidate, gate_record, hold_out
 from continuonbrain.models.safety import (
-    ActionDistance,
-    GateResult,
     SafetyGateConfig,
-    ShadowResult,
-    Violates,
-    gate,
 )
-from continuonbrain.models.store import PromotionStore, StoreError
+from continuonbrain.models.store import PromotionStore
 from continuonbrain.rlds import Episode
 from continuonbrain.robot.gates import evaluate_gates
 from continuonbrain.robot.sensors import GatingSensors, read_sensors
@@ -117,7 +113,6 @@ from continuonbrain.trainer.lora_result import (
     rotate_logs,
     write_status,
 )
-from continuonbrain.trainer.lora_shadow import shadow_policy
 from continuonbrain.trainer.metrics import EventFile, event_record, loss_summary, step_record, write_json
 from continuonbrain.trainer.rlds_loader import EpisodeLoader, make_episode_loader
 
@@ -376,11 +371,8 @@ class _Run:
             return self._saved_episodes()
         episodes = list(self.loader(cfg.rlds_dir, cfg.data.max_episodes))
         tail = self.safety.eval_tail_episodes
-        # The gate compares with what the robot did: never hold out imagined episodes.
-        real = [i for i, ep in enumerate(episodes) if not ep.is_imagined]
-        held_idx = set(real[-tail:]) if tail > 0 else set()
-        held_out = [ep for i, ep in enumerate(episodes) if i in held_idx]
-        train = [ep for i, ep in enumerate(episodes) if i not in held_idx]
+        # The one gate's rule: the newest real episodes are held out (never imagined ones).
+        train, held_out = hold_out(episodes, tail)
         res.episodes = {"found": len(episodes), "train": len(train), "eval": len(held_out)}
         self.event(event_record("episodes", **res.episodes))
         need = max(cfg.data.min_episodes, tail + 1)
@@ -564,69 +556,42 @@ class _Run:
     # -- gate
 
     def _gate_and_rotate(self, store: PromotionStore, held_out: list[Episode]) -> None:
-        res, hooks = self.result, self.hooks
+        """The one gate (:mod:`continuonbrain.models.promotion`, as ``models promote`` and the
+        API use it) on the held-out episodes; then promote or set the candidate aside."""
+        res, hooks, data = self.result, self.hooks, self.cfg.data
         distance, violates = hooks.action_distance_fn, hooks.safety_fn
         if distance is None or violates is None:
             default_distance, default_violates = self.cfg.default_guards()
             distance, violates = distance or default_distance, violates or default_violates
-        candidate_slot = store.slot("candidate")
-        try:
-            store.verify(candidate_slot)
-            candidate = self._shadow(lambda: hooks.load_policy(candidate_slot), held_out, distance, violates)
-        except StoreError as exc:
-            candidate = ShadowResult(error=f"candidate files do not match its manifest: {exc}")
-        current = None
-        if not hooks.is_stub and store.current_version() is not None:
-            current = self._shadow(lambda: hooks.load_policy(store.slot("current")), held_out, distance, violates)
-        if hooks.is_stub:
-            result = GateResult(
-                False,
-                "stub: a dry run of the trainer loop (no weights); never promoted",
-                candidate.to_dict(),
-                None,
-                self.safety.to_dict(),
-            )
-        else:
-            result = gate(candidate, current, self.safety)
-        res.after_avg_action_delta = candidate.avg_action_delta
-        res.before_avg_action_delta = current.avg_action_delta if current is not None else None
-        pick = ("steps", "episodes", "avg_action_delta", "violations", "first_violation", "error")
-        metrics = {
-            "candidate": {k: result.candidate.get(k) for k in pick},
-            "current": {k: result.current.get(k) for k in pick} if result.current else None,
-            "training": self._training_metrics(),
-        }
-        record = {
-            "passed": result.passed,
-            "reason": result.reason,
-            "metrics": metrics,
-            "trainer": "local_lora",
-            "stub": hooks.is_stub,
-            "rlds_dir": self.cfg.rlds_dir,
-        }
-        res.gate = {"passed": result.passed, "reason": result.reason, **metrics, "config": result.config}
+        result = gate_candidate(
+            store,
+            held_out,
+            self.safety,
+            hooks.load_policy,
+            (distance, violates),
+            observation_keys=data.observation_keys,
+            action_keys=data.action_keys,
+            stub=hooks.is_stub,
+        )
+        res.after_avg_action_delta = result.candidate.get("avg_action_delta")
+        res.before_avg_action_delta = result.current.get("avg_action_delta") if result.current else None
+        record = gate_record(
+            result,
+            metrics={"training": self._training_metrics()},
+            trainer="local_lora",
+            stub=hooks.is_stub,
+            rlds_dir=self.cfg.rlds_dir,
+        )
+        res.gate = {"passed": result.passed, "reason": result.reason, **record["metrics"], "config": result.config}
         self.event(event_record("gate", **res.gate))
+        apply_gate(store, result, record)
         if result.passed:
-            store.promote(record)
             res.status, res.promoted = "promoted", True
         else:
-            store.reject(record)
             res.status = "dry_run" if hooks.is_stub else "rejected"
             _trim_dirs(Path(self.cfg.model_root) / "rejected", self.cfg.store.max_history)
         res.reason = result.reason
         res.current_version = store.current_version()
-
-    def _shadow(
-        self,
-        load: Callable[[], Policy | None],
-        episodes: list[Episode],
-        distance: ActionDistance,
-        violates: Violates,
-    ) -> ShadowResult:
-        data = self.cfg.data
-        return shadow_policy(
-            load, episodes, distance, violates, data.observation_keys, data.action_keys, self.safety.max_eval_steps
-        )
 
     # -- status
 
