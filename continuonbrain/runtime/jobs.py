@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from continuonbrain.fsutil import atomic_write_bytes
+from continuonbrain.trainer.lora_config import LocalTrainerJobConfig
+from continuonbrain.trainer.train_config import SequentialConfig
 
 log = logging.getLogger(__name__)
 
@@ -283,14 +285,13 @@ class JobManager:
     ) -> list[str]:
         base = [self.python, "-m", "continuonbrain"]
         events = str(directory / "events.jsonl")
+        spend = {k: v for k, v in asdict(budgets).items() if v is not None}
+        job_config = directory / "config.json"
         if kind == "sequential":
-            cfg = json.loads(config.read_text())
-            for comp in cfg.get("components", {}).values():
-                for key, value in asdict(budgets).items():
-                    if value is not None:
-                        comp[key] = value
-            job_config = directory / "config.json"
-            job_config.write_text(json.dumps(cfg, indent=2) + "\n")
+            # A typed config (strict keys, ranges named by field), with the budgets applied to
+            # every component, written beside the job: what the child runs is on disk.
+            seq = SequentialConfig.load(config, overrides={f"components.*.{k}": v for k, v in spend.items()})
+            _write_config(job_config, seq.to_dict())
             cmd = [
                 *base,
                 "train",
@@ -307,14 +308,16 @@ class JobManager:
                 "--json",
             ]
             return [*cmd, "--resume"] if resume else cmd
-        sets = [f"log_dir={self.run_root / 'adapt-logs'}"]
-        sets += [f"{k}={json.dumps(v)}" for k, v in asdict(budgets).items() if v is not None]
-        (directory / "config.json").write_text(config.read_text())
+        overrides: dict[str, Any] = {f"budgets.{k}": v for k, v in spend.items()}
+        adapt = LocalTrainerJobConfig.load(
+            config, overrides={**overrides, "log_dir": str(self.run_root / "adapt-logs")}
+        )
+        _write_config(job_config, adapt.to_dict())
         cmd = [
             *base,
             "adapt",
             "--config",
-            str(config),
+            str(job_config),
             "--rlds-dir",
             str(self.rlds_dir),
             "--model-root",
@@ -323,8 +326,6 @@ class JobManager:
             events,
             "--json",
         ]
-        for s in sets:
-            cmd += ["--set", s]
         return cmd
 
     def _resumable_run(self) -> tuple[Path, str]:
@@ -385,8 +386,6 @@ class JobManager:
 
     def _ingest(self, job: Job, record: dict[str, Any]) -> None:
         """Update the live state from one trainer record and publish it."""
-        if job.kind == "adapt" and record.get("event") == "step":
-            record = {**record, "component": "lora"}
         with self._lock:
             if record.get("component"):
                 job.component = str(record["component"])
@@ -546,3 +545,7 @@ def _brief(result: dict[str, Any] | None) -> dict[str, Any] | None:
             for name, c in result["components"].items()
         }
     return brief
+
+
+def _write_config(path: Path, doc: dict[str, Any]) -> None:
+    atomic_write_bytes(path, (json.dumps(doc, indent=2, default=str) + "\n").encode())

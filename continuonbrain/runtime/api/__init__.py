@@ -47,7 +47,7 @@ The package: one ``APIRouter`` per area (:mod:`~continuonbrain.runtime.api.statu
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator, Iterable
@@ -79,6 +79,7 @@ from continuonbrain.runtime.episodes import EpisodeCatalog
 from continuonbrain.runtime.jobs import JobManager
 from continuonbrain.runtime.limits import GuardCounters, HostPolicy, RequestGuard, ServerLimits, http_protocol
 from continuonbrain.runtime.live_sim import LiveSims
+from continuonbrain.trainer.lora_config import LocalTrainerJobConfig
 
 __all__ = [
     "BLOCKING_GATES",
@@ -261,14 +262,12 @@ def _manifest_rlds_dir(store: PromotionStore) -> str | None:
 
 
 def _gating_config(adapt_config: Path) -> GatingConfig:
-    """The gate thresholds of the server's adaptation config (the defaults if it has none):
-    its ``gates`` section, or the same keys at the top level (the older flat configs)."""
+    """The gate thresholds of the server's adaptation config, loaded as the typed config (a
+    flat older file or a sectioned one); the defaults when it cannot be read. New data binds
+    only unattended runs, so it is not required here."""
     try:
-        doc = json.loads(adapt_config.read_text())
-    except (OSError, ValueError):
-        doc = {}
-    if not isinstance(doc, dict):
-        doc = {}
-    section = doc.get("gates") if isinstance(doc.get("gates"), dict) else doc
-    keys = ("min_battery", "max_temp_c", "require_idle")
-    return GatingConfig(**{k: section[k] for k in keys if k in section}, require_new_episodes=False)
+        gating = LocalTrainerJobConfig.load(adapt_config).gating_config()
+    except (OSError, ValueError) as exc:
+        log.warning("adaptation config %s cannot be read (%s): default gate thresholds", adapt_config, exc)
+        return GatingConfig(require_new_episodes=False)
+    return dataclasses.replace(gating, require_new_episodes=False)
