@@ -1,4 +1,4 @@
-"""The `continuonbrain rlds ...` commands, run as real processes, as DESIGN.md specifies."""
+"""The `continuonbrain rlds ...` commands, run as real processes, as the command contract in the README specifies."""
 
 from __future__ import annotations
 

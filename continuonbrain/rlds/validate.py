@@ -33,7 +33,7 @@ from continuonbrain.rlds.tub import TubRun, quarantine_run
 
 @dataclass
 class ValidationReport:
-    """What ``rlds validate`` prints; ``to_json`` is the DESIGN.md contract."""
+    """What ``rlds validate`` prints; ``to_json`` is the contract in README "Commands"."""
 
     episodes_ok: int = 0
     episodes_bad: int = 0

@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP API (DESIGN.md's JSON shapes), with their bounds.
+"""Request and response bodies of the HTTP API (the API contract's JSON shapes), with their bounds.
 
 Every request model bounds what a client can make the server allocate or do: observation
 length and nesting, session id length and alphabet, budget ranges, version id alphabet (a

@@ -65,7 +65,7 @@ How it is built, and why:
   all requests guards the session table for a dictionary lookup, never inference; loads are
   serialised by their own lock, which ``act`` never takes.
 
-Import rule (the design contracts, shared DESIGN.md; README "Layout of the code"): ``runtime``
+Import rule (README "Layout of the code"): ``runtime``
 imports ``hope``, ``models`` (the store) and ``robot``, never the training loop.
 """
 

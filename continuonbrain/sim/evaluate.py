@@ -15,7 +15,7 @@ Why it looks like this:
   one as a dict with the env's keys: images (``uint8 [H, W, 3]``) as they are, every other
   Box flattened to ``float32``. Which models fit which envs is :func:`fit_problems`.
 * **The policy is passed in, not built here.** ``sim`` must not import ``runtime`` (the
-  import direction of DESIGN.md), so the CLI hands in an object with ``reset()`` and
+  import direction in README "Layout of the code"), so the CLI hands in an object with ``reset()`` and
   ``act(obs)`` that drives the served model through ``BrainService.act``: what is scored
   is the very path that serves the robot, not a re-implementation of it.
 * **Metrics only where the env has them.** ``success`` is ``None`` for an env whose

@@ -1,4 +1,4 @@
-"""The HTTP API and the Robot Editor: DESIGN.md's routes, on FastAPI + uvicorn.
+"""The HTTP API and the Robot Editor: the contract's routes (README "HTTP API"), on FastAPI + uvicorn.
 
 One process serves the robot and the people watching it: :class:`BrainService` answers
 ``/api/infer`` (the control loop), the model store answers ``/api/models`` (promotion and

@@ -21,7 +21,7 @@ plans in that model and turns the plans into training data:
    cost is above ``max_final_cost`` are dropped, and of the rest the ``n`` with the lowest
    predicted cost are kept (a bounded heap: memory holds ``n`` trajectories, not all).
 5. **Output**: ordinary RLDS episodes in the Continuon layout, tagged ``imagined`` with
-   ``provenance.origin = "imagined:cem:<model version>"`` (the DESIGN contract the
+   ``provenance.origin = "imagined:cem:<model version>"`` (the RLDS contract the
    trainer's ``max_imagined_fraction`` cap recognises), the search parameters and the
    predicted costs in ``metadata["imagination"]``.
 
