@@ -155,7 +155,7 @@ def _scan(path: Path, split: str | None, options: dict, visited: set[tuple[int, 
         newest = max(versions, key=lambda p: tfds.version_key(p.name))
         children = [c for c in children if c not in versions or c == newest]
     for child in children:
-        if child.is_dir() or _looks_like_episode_file(child):
+        if child.is_dir() or is_episode_file(child):
             try:
                 yield from _scan(child, split, options, visited)
             except RLDSError as err:  # one unreadable entry must not hide the episodes beside it
@@ -227,13 +227,16 @@ def _children(path: Path) -> list[Path]:
         entries = sorted(os.scandir(path), key=lambda e: e.name)
     except OSError as exc:
         raise RLDSError(f"directory cannot be listed: {exc.strerror or exc}", file=str(path)) from None
-    return [Path(e.path) for e in entries if not e.name.startswith(".") and e.name not in _SKIP_DIRS]
+    return [Path(e.path) for e in entries if not e.name.startswith(".") and e.name not in SKIP_DIRS]
 
 
-_SKIP_DIRS = {"blobs", "__pycache__", "quarantine"}
+#: Directories a scan never enters (image blobs, quarantined episodes); shared with the
+#: new-data watermark, which must count what the reader reads.
+SKIP_DIRS = {"blobs", "__pycache__", "quarantine"}
 
 
-def _looks_like_episode_file(path: Path) -> bool:
+def is_episode_file(path: Path) -> bool:
+    """Whether a scan reads the file ``path`` as (part of) an episode."""
     name = path.name
     if name in continuon.NON_EPISODE_JSON or name == "reason.txt":
         return False

@@ -34,9 +34,9 @@ from typing import Any
 
 from continuonbrain.fsutil import atomic_write_bytes
 from continuonbrain.rlds.errors import RLDSError
-from continuonbrain.rlds.reader import _SKIP_DIRS as READER_SKIP_DIRS  # the reader's own rule
-from continuonbrain.rlds.reader import _looks_like_episode_file as reader_reads_file  # the reader's own rule
+from continuonbrain.rlds.reader import SKIP_DIRS as READER_SKIP_DIRS  # the reader's own rule
 from continuonbrain.rlds.reader import dir_layout
+from continuonbrain.rlds.reader import is_episode_file as reader_reads_file  # the reader's own rule
 from continuonbrain.rlds.tfds import is_tfrecord_path
 
 log = logging.getLogger(__name__)
