@@ -84,6 +84,14 @@ def test_bad_infer_input_is_a_422_naming_the_field(site, body, field) -> None:
     assert field in r.json()["message"]
 
 
+def test_a_body_that_is_not_json_is_named_as_such(site) -> None:
+    client, _, _ = site
+    body = b'{"observation": [1, 2'  # cut off at byte 21
+    r = client.post("/api/infer", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["message"].startswith("request body is not valid JSON (at byte 21"), r.text
+
+
 def test_no_model_is_a_503(tmp_path: Path) -> None:
     app = create_app(tmp_path / "empty", run_root=tmp_path / "runs")
     with live_server(app) as url:

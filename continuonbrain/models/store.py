@@ -3,7 +3,7 @@
 The one place that knows the store's layout; the runtime, the simulators and the trainers all
 go through it. It imports the standard library and :mod:`continuonbrain.fsutil` only (no torch,
 no numpy), so a server or a dry run can read, verify and rotate slots without a model
-framework. Layout (the design contracts, shared DESIGN.md; README "The model store and the
+framework. Layout (README "The model store and the
 promotion gate")::
 
     <model_root>/candidate/            newest trained weights, not yet trusted
@@ -11,6 +11,7 @@ promotion gate")::
     <model_root>/history/<version>/    earlier currents
     <model_root>/rejected/<version>/   candidates the gate refused (with gate.json)
     <model_root>/audit.jsonl           one line per promotion decision
+    <model_root>/evaluations.jsonl     one line per closed-loop evaluation of a version
     <model_root>/.serving/             one lease per running server
 
 Each slot holds ``manifest.json`` (version id, parent version, created time, component list,
@@ -294,7 +295,31 @@ class ModelStore:
         return good + sorted(broken, key=lambda m: str(m["version"])) if include_broken else good
 
     def audit(self, last: int | None = None) -> list[dict[str, Any]]:
-        path = self.root / "audit.jsonl"
+        return self._read_lines("audit.jsonl", last)
+
+    def append_audit(self, record: dict[str, Any]) -> None:
+        """One durable line in ``audit.jsonl``; OSError (a full disk) is the caller's to handle."""
+        self._append_line("audit.jsonl", record)
+
+    # -- closed-loop evaluations
+
+    def record_evaluation(self, record: dict[str, Any]) -> None:
+        """One durable line in ``evaluations.jsonl``: how a version did in a simulator
+        (``continuonbrain eval``, the demo), keyed by its ``version``. OSError is the caller's."""
+        self._append_line("evaluations.jsonl", record)
+
+    def evaluations(self, per_version: int | None = 20) -> dict[str, list[dict[str, Any]]]:
+        """The recorded evaluations by version, oldest first (the newest ``per_version`` of each)."""
+        by_version: dict[str, list[dict[str, Any]]] = {}
+        for record in self._read_lines("evaluations.jsonl"):
+            if isinstance(record.get("version"), str):
+                by_version.setdefault(record["version"], []).append(record)
+        if per_version:
+            by_version = {v: records[-per_version:] for v, records in by_version.items()}
+        return by_version
+
+    def _read_lines(self, name: str, last: int | None = None) -> list[dict[str, Any]]:
+        path = self.root / name
         if not path.exists():
             return []
         lines = []
@@ -307,11 +332,10 @@ class ModelStore:
                 lines.append(record)
         return lines[-last:] if last else lines
 
-    def append_audit(self, record: dict[str, Any]) -> None:
-        """One durable line in ``audit.jsonl``; OSError (a full disk) is the caller's to handle."""
+    def _append_line(self, name: str, record: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"time": datetime.now(UTC).isoformat(), **record}, default=str) + "\n"
-        path = self.root / "audit.jsonl"
+        path = self.root / name
         torn = path.exists() and path.stat().st_size > 0 and not _ends_with_newline(path)
         with path.open("a") as f:
             f.write(("\n" if torn else "") + line)  # never glue a line onto one a power cut tore

@@ -11,15 +11,21 @@ through a :class:`BrainService` on the slot, one session for the whole evaluatio
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from continuonbrain.models.store import ModelStore
 from continuonbrain.runtime.brain_service import BrainService, NoModelError
 from continuonbrain.sim.evaluate import evaluate, fit_problems
 
-__all__ = ["ModelEnvMismatch", "ServedPolicy", "evaluate_served"]
+__all__ = ["ModelEnvMismatch", "ServedPolicy", "evaluate_served", "evaluation_record"]
+
+log = logging.getLogger(__name__)
+#: The figures of an evaluation (and of each baseline) that ``evaluations.jsonl`` keeps.
+FIGURES = ("success_rate", "mean_return", "mean_final_distance")
 
 
 class ModelEnvMismatch(ValueError):
@@ -70,6 +76,8 @@ def evaluate_served(
     seed: int = 0,
     baselines: bool = True,
     env_kwargs: dict[str, Any] | None = None,
+    record: bool = True,
+    source: str = "eval",
 ) -> dict[str, Any]:
     """Score the model in ``<model_root>/<slot>`` on ``env_id`` through a :class:`BrainService`.
 
@@ -78,6 +86,11 @@ def evaluate_served(
     during the run). Raises :class:`NoModelError` when the slot is empty or its model was
     refused (the reason is in the message), :class:`ModelEnvMismatch` when it does not fit
     the env.
+
+    ``record``: append the figures to ``<model_root>/evaluations.jsonl`` under the version
+    (:func:`evaluation_record`, ``source`` says who ran it), which ``GET /api/models`` and the
+    Robot Editor show per version. Best effort: a store that cannot be written (read-only, full)
+    is logged, never fails the evaluation; a run that saw two versions is not recorded.
     """
     root = Path(model_root)
     if not root.is_dir():
@@ -96,10 +109,41 @@ def evaluate_served(
         result = evaluate(env_id, policy, episodes, seed, baselines=baselines, env_kwargs=env_kwargs)
     finally:
         service.stop()
-    return {
+    out = {
         **result,
         "model_root": str(root),
         "slot": slot,
         "model_version": policy.versions[-1] if policy.versions else status["version"],
         "model_versions": policy.versions,
     }
+    if record and len(set(policy.versions)) <= 1:
+        try:
+            ModelStore(root).record_evaluation(evaluation_record(out, source=source, env_kwargs=env_kwargs))
+        except OSError as exc:
+            log.warning("evaluation of %s not recorded in %s: %s", out["model_version"], root, exc)
+    return out
+
+
+def evaluation_record(
+    result: dict[str, Any], *, source: str = "eval", env_kwargs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The line ``evaluations.jsonl`` keeps of an :func:`evaluate_served` result: which version,
+    slot, env, episodes and seed, the figures, and the baselines' figures (no per-episode rows)."""
+
+    def figures(r: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if r is None else {k: r.get(k) for k in FIGURES}
+
+    rec: dict[str, Any] = {
+        "version": result["model_version"],
+        "slot": result.get("slot"),
+        "env": result["env"],
+        "episodes": result["episodes"],
+        "seed": result["seed"],
+        **{k: result.get(k) for k in FIGURES},
+        "distance_metric": result.get("distance_metric"),
+        "baselines": {k: figures(v) for k, v in (result.get("baselines") or {}).items()} or None,
+        "source": source,
+    }
+    if env_kwargs:
+        rec["env_kwargs"] = env_kwargs
+    return rec

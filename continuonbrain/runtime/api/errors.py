@@ -52,6 +52,11 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     parts = []
     for e in errors:
         loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        if e.get("type") == "json_invalid":  # FastAPI's loc is ("body", position): say what it is
+            why = (e.get("ctx") or {}).get("error")
+            at = f"at byte {loc[0]}" if loc else "unreadable"
+            parts.append(f"request body is not valid JSON ({at}{f': {why}' if why else ''})")
+            continue
         parts.append(f"{'.'.join(loc) or 'body'}: {e.get('msg')}")
     detail = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
     return JSONResponse({"detail": detail, "message": "; ".join(parts)}, status_code=422)

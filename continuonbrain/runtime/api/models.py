@@ -17,11 +17,13 @@ router = area_router()
 
 @router.get("/api/models", responses=error_responses(422))
 def models(ctx: Ctx, audit: int = Query(default=50, ge=0, le=10_000)) -> dict[str, Any]:
-    """Candidate, current and history with their metrics, and the newest audit records."""
+    """Candidate, current and history with their metrics, the newest audit records, and the
+    closed-loop evaluations recorded per version (``evaluations``: version -> records, oldest first)."""
     info = ctx.store.describe(audit=audit)
     served = ctx.service.status()
     info["serving"] = served["version"]
     info["refused"] = served["refused"]
+    info["evaluations"] = ctx.store.evaluations()
     return info
 
 
