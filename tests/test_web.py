@@ -3,7 +3,13 @@ real uvicorn server: what a person sees and does, checked through the DOM.
 
 Every test waits on DOM state (Playwright's auto-waiting assertions and ``wait_for_function``),
 never on a fixed sleep, with generous timeouts because CI shares its CPUs. Each test leaves a
-screenshot in ``test-artifacts/test_web/`` (``-FAILED`` in the name when it failed).
+screenshot in ``test-artifacts/test_web/`` (``-FAILED`` in the name when it failed); the layout
+test also leaves ``robot-editor-1400x900.png`` and ``robot-editor-390x844.png`` there, which
+``CONTINUONBRAIN_UPDATE_SCREENSHOTS=1`` copies to ``docs/screenshots/`` (the README shows them).
+
+What a user sees is checked at a desktop (1400 x 900) and a phone (390 x 844) size: nothing is
+wider than the screen (no sideways scrolling), no button's label wraps or is cut, and the
+token dialog, training start/stop, promote/rollback and the live arm are all reachable.
 
 Without Playwright or ``/usr/bin/chromium`` the tests skip, except when ``CI=true``: there a
 missing browser is an error, so the browser tests can never silently stop running.
@@ -12,11 +18,13 @@ missing browser is an error, so the browser tests can never silently stop runnin
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
 import re
 import shutil
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +44,9 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "test_web"
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+DESKTOP = {"width": 1400, "height": 900}
+PHONE = {"width": 390, "height": 844}
 #: Milliseconds: generous, the CPU is shared; a passing test never waits this long.
 SLOW = 90_000
 FAST = 20_000
@@ -79,8 +90,13 @@ def servers(tmp_path: Path) -> Iterator[Callable[..., dict[str, Any]]]:
 
 @pytest.fixture
 def page(browser, servers, request) -> Iterator[Any]:
-    """A fresh page; its screenshot is saved at teardown and uncaught JS errors fail the test."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1600})
+    """A fresh page; its screenshot is saved at teardown and uncaught JS errors fail the test.
+
+    Indirect parametrization (``request.param``) gives the viewport; under 600 px wide it is a
+    phone (mobile viewport meta handling, touch)."""
+    size = getattr(request, "param", None) or {"width": 1400, "height": 1600}
+    phone = size["width"] < 600
+    context = browser.new_context(viewport=size, is_mobile=phone, has_touch=phone, device_scale_factor=1)
     context.set_default_timeout(FAST)
     pg = context.new_page()
     js_errors: list[str] = []
@@ -254,8 +270,10 @@ def test_live_sim_reaches_a_clicked_target(page, seed_site) -> None:
     """The page's loop (sim reset -> /api/infer -> sim step) runs the served policy, shows the
     version and latency; a click on the canvas moves the target to that point, and the arm
     reaches it: the tip holds within 5 cm of the new target for 5 ticks (the env's success,
-    shown as "Reached"). The session seed reaches ~86% of held-out reach2d targets, and the
-    live sim never truncates, so the arm gets as many ticks as the timeout allows."""
+    shown as "Reached earlier"). The session seed reaches ~86% of held-out reach2d targets, and
+    the live sim never truncates, so the arm gets as many ticks as the timeout allows. Pushed off
+    the target afterwards, the arm "holds now: no" with its distance in cm, while the past
+    success stays on its own line."""
     version = PromotionStore(seed_site["models"]).current_version()
     page.goto(seed_site["url"])
     page.get_by_test_id("sim-seed").fill("9")  # its own target is far from the clicked one
@@ -281,8 +299,40 @@ def test_live_sim_reaches_a_clicked_target(page, seed_site) -> None:
         " return d.success === 'true' && +d.startDistance > 0.1 && +d.bestDistance <= 0.05; }",
         timeout=SLOW,
     )
+    # Parked on the target: it holds now, and it reached it earlier.
+    page.wait_for_function("() => document.getElementById('sim-canvas').dataset.holds === 'true'", timeout=SLOW)
     page.get_by_test_id("sim-run").click()
     expect(page.get_by_test_id("sim-state")).to_have_attribute("data-state", "paused")
+    holds, reached = page.get_by_test_id("sim-holds"), page.get_by_test_id("sim-success")
+    expect(reached).to_have_attribute("data-reached", "true")
+    expect(reached).to_contain_text("yes, after")
+
+    # Push the tip away from the target behind the page's back (the target stays where it is),
+    # then one tick from the page: the past success stays, "holds now" says no, with the distance.
+    sim_id = canvas.get_attribute("data-sim-id")
+    distance = page.evaluate(
+        """async (simId) => {
+            let d = 0;
+            for (let i = 0; i < 300 && d < 0.4; i++) {
+                const r = await fetch('api/sim/step', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                                                       body: JSON.stringify({sim_id: simId, action: [1, -1]})});
+                d = (await r.json()).distance;
+            }
+            return d;
+        }""",
+        sim_id,
+    )
+    assert distance >= 0.4
+    ticks = int(canvas.get_attribute("data-ticks"))
+    page.get_by_test_id("sim-step").click()
+    page.wait_for_function(f"() => +document.getElementById('sim-canvas').dataset.ticks > {ticks}", timeout=SLOW)
+    expect(holds).to_have_attribute("data-holds", "false")
+    shown_cm = float(re.search(r"no: ([0-9.]+) cm from the target", holds.inner_text()).group(1))
+    assert shown_cm == pytest.approx(100 * float(canvas.get_attribute("data-distance")), abs=0.06)
+    assert shown_cm > 30
+    expect(page.get_by_test_id("sim-distance")).to_contain_text(f"{shown_cm:.1f} cm now")
+    expect(reached).to_have_attribute("data-reached", "true")
+    expect(reached).to_contain_text("not holding now")
     assert error_messages(page) == []
 
 
@@ -397,3 +447,259 @@ def test_server_with_an_open_page_stops_on_ctrl_c(page, arm_seed, tmp_path: Path
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --------------------------------------------------------------------------- what a user sees
+
+#: Everything on the page that does not fit: boxes past the screen's edges, buttons whose label
+#: wraps or is cut, selects whose chosen text is cut, text too small to read. [] when all fits.
+LAYOUT_PROBLEMS = """() => {
+    const W = window.innerWidth;
+    const problems = [];
+    const name = (el) => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') +
+        (el.dataset.testid ? `[${el.dataset.testid}]` : '') + (el.className && typeof el.className === 'string'
+        ? '.' + el.className.trim().split(/\\s+/).join('.') : '');
+    const shown = (el) => { const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
+    if (document.documentElement.scrollWidth > W)
+        problems.push(`the page scrolls sideways: ${document.documentElement.scrollWidth} > ${W} px`);
+    for (const el of document.body.querySelectorAll('*')) {
+        if (!shown(el)) continue;
+        const r = el.getBoundingClientRect();
+        if (r.right > W + 0.5 || r.left < -0.5)
+            problems.push(`${name(el)} spans x ${r.left.toFixed(1)}..${r.right.toFixed(1)} of ${W} px`);
+        const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+        if (own && parseFloat(getComputedStyle(el).fontSize) < 11)
+            problems.push(`${name(el)} text is ${getComputedStyle(el).fontSize}`);
+    }
+    for (const b of document.querySelectorAll('button')) {
+        if (!shown(b)) continue;
+        const label = b.textContent.trim();
+        if (b.scrollWidth > b.clientWidth + 1)
+            problems.push(`button "${label}" is cut: ${b.scrollWidth} > ${b.clientWidth} px`);
+        const range = document.createRange();
+        range.selectNodeContents(b);
+        const lines = new Set([...range.getClientRects()].filter((r) => r.width > 0).map((r) => Math.round(r.top)));
+        if (lines.size > 1) problems.push(`button "${label}" wraps onto ${lines.size} lines`);
+    }
+    const ctx = document.createElement('canvas').getContext('2d');
+    for (const s of document.querySelectorAll('select')) {
+        if (!shown(s) || s.selectedIndex < 0) continue;
+        const cs = getComputedStyle(s);
+        ctx.font = `${cs.fontWeight} ${cs.fontSize} ${cs.fontFamily}`;
+        const text = s.options[s.selectedIndex].text;
+        const room = s.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight) - 22;  // the arrow
+        if (ctx.measureText(text).width > room) problems.push(`select ${name(s)} cuts "${text}"`);
+    }
+    return problems;
+}"""
+
+
+def layout_problems(page: Any) -> list[str]:
+    return page.evaluate(LAYOUT_PROBLEMS)
+
+
+def within_screen(page: Any, locator: Any) -> dict[str, float]:
+    """Scroll ``locator`` into view; assert it is visible and wholly inside the screen's width."""
+    locator.scroll_into_view_if_needed()
+    expect(locator).to_be_visible()
+    box = locator.bounding_box()
+    assert box is not None
+    width = page.viewport_size["width"]
+    assert box["x"] >= -0.5 and box["x"] + box["width"] <= width + 0.5, (locator, box, width)
+    return box
+
+
+def cli_eval(model_root: Path, slot: str, episodes: int, seed: int) -> dict[str, Any]:
+    """``continuonbrain eval --json`` in this process (its stdout parsed)."""
+    from continuonbrain.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        args = ["--model-root", str(model_root), "--slot", slot, "--episodes", str(episodes), "--seed", str(seed)]
+        code = main(["eval", "--env", "reach2d", *args, "--json"])
+    assert code == 0, out.getvalue()
+    return json.loads(out.getvalue())
+
+
+@pytest.fixture(scope="module")
+def evaluated(arm_seed, tmp_path_factory) -> dict[str, Any]:
+    """The arm seed's store with three versions, each evaluated by ``continuonbrain eval``:
+    the seed (now in history), a close variant promoted over it (current) and a farther one
+    waiting as the candidate. Tests copy it (:func:`copy_store`)."""
+    tmp = tmp_path_factory.mktemp("evaluated")
+    models = copy_store(arm_seed["models"], tmp / "models")
+    store = PromotionStore(models)
+    seed_version = store.current_version()
+    results = {seed_version: cli_eval(models, "current", 12, 1000)}
+    current = make_variant(store, tmp, 0.97)
+    store.promote({"passed": True, "reason": "test: promoted without a gate"})
+    results[current] = cli_eval(models, "current", 12, 1000)
+    candidate = make_variant(store, tmp, 0.8)
+    results[candidate] = cli_eval(models, "candidate", 12, 1000)
+    return {"models": models, "versions": [seed_version, current, candidate], "results": results}
+
+
+@pytest.fixture
+def evaluated_site(evaluated, arm_seed, servers, tmp_path: Path) -> dict[str, Any]:
+    models = copy_store(evaluated["models"], tmp_path / "models")
+    episodes = tmp_path / "episodes"
+    shutil.copytree(arm_seed["episodes"], episodes)
+    return {**servers(models, episodes), **{k: evaluated[k] for k in ("versions", "results")}}
+
+
+def test_models_panel_compares_versions_by_closed_loop_figures(page, evaluated_site) -> None:
+    """Every ``continuonbrain eval`` run is recorded in the store under its version and shown in
+    the Models panel: the figures (success, distance, return, on which env, episodes and seed)
+    per version, the current and candidate slots' own line, and a chart across the versions,
+    oldest to newest, so that a user sees whether the robot got better."""
+    s = evaluated_site
+    seed_version, current, candidate = s["versions"]
+    with urllib.request.urlopen(s["url"] + "api/models") as resp:
+        evaluations = json.load(resp)["evaluations"]
+    assert set(evaluations) == set(s["versions"])
+    for version, result in s["results"].items():
+        (record,) = evaluations[version]
+        assert record["slot"] == ("candidate" if version == candidate else "current")
+        assert (record["env"], record["episodes"], record["seed"]) == ("reach2d", 12, 1000)
+        for key in ("success_rate", "mean_return", "mean_final_distance"):
+            assert record[key] == result[key]
+        assert record["baselines"]["expert"]["success_rate"] == result["baselines"]["expert"]["success_rate"]
+
+    page.goto(s["url"])
+    rows = page.locator("#models-evals tbody tr[data-version]")
+    expect(rows).to_have_count(3)
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.version)") == [candidate, current, seed_version]
+    for version, result in s["results"].items():
+        row = page.locator(f"#models-evals tr[data-version='{version}']")
+        assert float(row.get_attribute("data-success")) == result["success_rate"]
+        assert float(row.get_attribute("data-distance")) == result["mean_final_distance"]
+        expect(row).to_contain_text("reach2d · 12 ep · seed 1000")
+        expect(row).to_contain_text(f"{100 * result['success_rate']:.3g}%")
+    expect(page.locator(f"#models-evals tr[data-version='{current}']")).to_contain_text("current")
+    expect(page.locator(f"#models-evals tr[data-version='{candidate}']")).to_contain_text("candidate")
+
+    expect(page.get_by_test_id("models-current")).to_contain_text("closed loop: reach2d")
+    expect(page.get_by_test_id("models-candidate")).to_contain_text("12 episodes, seed 1000")
+    expect(page.locator(f"#models-history tr[data-version='{seed_version}']")).to_contain_text("closed loop: reach2d")
+
+    chart = page.get_by_test_id("eval-chart-reach2d")
+    expect(chart).to_have_attribute("data-points", "3")
+    assert chart.get_attribute("data-versions").split(",") == s["versions"]  # oldest to newest
+    left = [float(v) for v in chart.get_attribute("data-left").split(",")]
+    assert left == pytest.approx([100 * s["results"][v]["success_rate"] for v in s["versions"]])
+    expect(chart.locator("canvas").first).to_be_visible()
+    assert error_messages(page) == []
+
+
+@pytest.mark.parametrize("page", [DESKTOP, PHONE], ids=["1400x900", "390x844"], indirect=True)
+def test_the_page_fits_the_screen_on_a_desktop_and_a_phone(page, evaluated_site) -> None:
+    """At 1400 x 900 and on a phone (390 x 844): nothing is wider than the screen, no button's
+    label wraps or is cut, no select cuts its text, nothing is set under 11 px; the token dialog,
+    training start/stop, promote, rollback and the live arm (running) are all reachable. The
+    screenshot of each size is kept (``robot-editor-WxH.png``)."""
+    s = evaluated_site
+    seed_version = s["versions"][0]
+    size = page.viewport_size
+    page.goto(s["url"])
+    expect(page.get_by_test_id("candidate-version")).to_have_text(s["versions"][2])
+    expect(page.locator("#models-evals tbody tr[data-version]")).to_have_count(3)
+    expect(page.get_by_test_id("train-stream")).to_have_text("connected")
+    expect(page.locator("#status-gates tr[data-state]")).to_have_count(5)
+    expect(page.get_by_test_id("episodes-totals")).to_have_attribute("data-total", str(ARM_SEED_EPISODES))
+    assert page.locator("#train-config option").count() >= 1
+    if size["width"] < 600:
+        assert page.evaluate("getComputedStyle(document.querySelector('main')).gridTemplateColumns").count(" ") == 0
+
+    # The live arm, run to a clicked target until it holds there (what the screenshot shows).
+    canvas = page.get_by_test_id("sim-canvas")
+    box = within_screen(page, canvas)
+    page.get_by_test_id("sim-seed").fill("9")
+    page.get_by_test_id("sim-run").click()
+    page.wait_for_function("() => +(document.getElementById('sim-canvas').dataset.ticks || 0) >= 5", timeout=SLOW)
+    target = (0.8 * math.cos(math.radians(-30)), 0.8 * math.sin(math.radians(-30)))
+    canvas.click(position={"x": (0.5 + target[0] / 2.2) * box["width"], "y": (0.5 - target[1] / 2.2) * box["height"]})
+    page.wait_for_function(
+        "() => { const d = document.getElementById('sim-canvas').dataset; return d.success === 'true' &&"
+        f" d.holds === 'true' && Math.abs(+d.targetX - {target[0]}) < 0.01; }}",
+        timeout=SLOW,
+    )
+    page.get_by_test_id("sim-run").click()
+    expect(page.get_by_test_id("sim-state")).to_have_attribute("data-state", "paused")
+    expect(page.get_by_test_id("sim-holds")).to_contain_text("cm from the target")
+
+    for testid in ("token-set", "train-start", "train-stop", "models-promote", f"rollback-{seed_version}"):
+        within_screen(page, page.get_by_test_id(testid))
+    for testid in ("sim-run", "sim-step", "sim-holds", "sim-success"):
+        within_screen(page, page.get_by_test_id(testid))
+    page.evaluate("window.scrollTo(0, 0)")
+    assert layout_problems(page) == []
+
+    shot = ARTIFACTS / f"robot-editor-{size['width']}x{size['height']}.png"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("CONTINUONBRAIN_UPDATE_SCREENSHOTS") == "1":  # the README's copies, kept small
+        from PIL import Image
+
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        with Image.open(shot) as image:
+            small = image.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+            small.save(SCREENSHOTS / shot.name, optimize=True)
+
+    page.get_by_test_id("token-set").click()
+    dialog = page.get_by_test_id("token-dialog")
+    expect(dialog).to_be_visible()
+    box = within_screen(page, dialog)
+    assert box["y"] >= 0 and box["y"] + box["height"] <= size["height"]
+    for testid in ("token-input", "token-save", "token-cancel"):
+        within_screen(page, page.get_by_test_id(testid))
+    assert layout_problems(page) == []
+    page.get_by_test_id("token-cancel").click()
+    expect(dialog).to_be_hidden()
+    assert error_messages(page) == []
+
+
+def test_gates_show_passes_blocks_and_unknown_and_what_binds(page, servers, arm_seed, tmp_path: Path) -> None:
+    """Each gate is in one of three states, told apart: passes (a reading that allows training),
+    blocks (one that stops it) or unknown (no reading), and one line says what binds now. A
+    teleoperated robot blocks training (force overrides); a 50 °C SoC passes; no battery reading
+    is unknown (and passes: mains power). The robot going idle ends the block; without a robot
+    state file the robot's gates are unknown, never shown as a tick beside "no"."""
+    models = copy_store(arm_seed["models"], tmp_path / "models")
+    sysfs = tmp_path / "warm-sysfs"
+    (sysfs / "class/thermal/thermal_zone0").mkdir(parents=True)
+    (sysfs / "class/thermal/thermal_zone0/temp").write_text("50000\n")
+    state_file = tmp_path / "robot_state.json"  # the file site() points the server at
+    state_file.write_text(json.dumps({"mode": "teleop"}))
+    s = servers(models, None, sysfs_root=sysfs)
+    page.goto(s["url"])
+    gate = lambda name: page.locator(f"#status-gates tr[data-gate={name}]")  # noqa: E731
+    binds = page.get_by_test_id("gates-binds")
+
+    expect(gate("teleop")).to_have_attribute("data-state", "block")
+    expect(gate("teleop")).to_contain_text("✗ blocks")
+    expect(gate("teleop")).to_contain_text("blocks training (force overrides)")
+    expect(gate("thermal")).to_have_attribute("data-state", "pass")
+    expect(gate("thermal")).to_contain_text("✓ passes")
+    expect(gate("thermal")).to_contain_text("50 °C")
+    expect(gate("battery")).to_have_attribute("data-state", "unknown")
+    expect(gate("battery")).to_contain_text("? unknown")
+    expect(gate("battery")).to_contain_text("passes (mains power?)")
+    expect(gate("new_episodes")).to_have_attribute("data-state", "unknown")
+    expect(gate("idle")).to_have_attribute("data-state", "pass")  # busy, but this config does not require idle
+    expect(gate("idle")).to_contain_text("not required here")
+    expect(binds).to_have_attribute("data-blocked", "true")
+    expect(binds).to_contain_text("teleop active: training blocked")
+
+    state_file.write_text(json.dumps({"mode": "idle"}))  # the page polls the status every second
+    expect(gate("teleop")).to_have_attribute("data-state", "pass")
+    expect(binds).to_have_attribute("data-blocked", "false")
+    expect(binds).to_contain_text("Nothing blocks: training may start")
+
+    state_file.unlink()
+    expect(gate("idle")).to_have_attribute("data-state", "unknown")
+    expect(gate("teleop")).to_have_attribute("data-state", "unknown")
+    expect(gate("idle")).to_contain_text("? unknown")
+    expect(gate("idle")).not_to_contain_text("✓")
+    expect(binds).to_contain_text("unknown: idle, teleop, battery, new_episodes")
+    assert layout_problems(page) == []
+    assert error_messages(page) == []

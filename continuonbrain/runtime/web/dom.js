@@ -16,7 +16,7 @@ export function h(tag, attrs = {}, ...children) {
 
 function append(el, children) {
   for (const child of children) {
-    if (child === null || child === undefined || child === false) continue;
+    if (child === null || child === undefined || child === false || child === "") continue;
     if (Array.isArray(child)) append(el, child);
     else el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -36,10 +36,22 @@ export function setText(id, text) {
   if (el.textContent !== text) el.textContent = text;
 }
 
-/** Rows for a table body: ``rows`` is a list of <tr> elements; ``empty`` a message when none. */
+/**
+ * Rows for a table body: ``rows`` is a list of <tr> elements; ``empty`` a message when none.
+ * Every cell gets its column's header text as ``data-label``: on a phone the rows are shown
+ * as small cards, each cell labelled (style.css), so no table is wider than the screen.
+ */
 export function fillTable(table, rows, empty, columns) {
   const body = table.tBodies[0];
   if (!rows.length) rows = [h("tr", { class: "empty" }, h("td", { colspan: columns }, empty))];
+  const headers = table.tHead ? Array.from(table.tHead.rows[0].cells, (th) => th.textContent.trim()) : [];
+  for (const row of rows) {
+    let column = 0;
+    for (const cell of row.cells) {
+      if (!cell.hasAttribute("data-label")) cell.dataset.label = headers[column] || "";
+      column += cell.colSpan || 1;
+    }
+  }
   body.replaceChildren(...rows);
 }
 

@@ -1,9 +1,15 @@
 // Models panel: the store's slots with their metrics, promotion (showing the gate's verdict),
 // rollback per history version, and the audit log. Refreshed when the status poll shows the
 // slots changed, and after every action taken here.
+//
+// Brains are compared by behaviour, not only by training losses: every closed-loop evaluation
+// recorded in the store (``continuonbrain eval``, the demo; GET /api/models "evaluations") is
+// shown per version, with a small chart across versions per env, so a user sees whether the
+// robot got better. Figures of different envs are never mixed in one chart.
 
 import { get, post } from "./api.js";
 import { $, fill, fillTable, fmtNum, fmtTime, h, jsonDetails, notify, showResult } from "./dom.js";
+import { renderEvaluations, slotEvaluation } from "./evals.js";
 import { onStatus, refreshStatusNow } from "./status.js";
 
 // A slow refresh on top of the change-driven ones: a decision made by another process (the
@@ -59,7 +65,7 @@ function gateLine(gate) {
   return `${gate.passed ? "passed" : "rejected"}${gate.reason ? `: ${gate.reason}` : ""}`;
 }
 
-function slotView(manifest, slot) {
+function slotView(manifest, slot, info) {
   if (!manifest) return h("p", { class: "muted" }, slot === "candidate" ? "no candidate waiting" : "no current model");
   if (manifest.broken)
     return h(
@@ -80,6 +86,7 @@ function slotView(manifest, slot) {
     ),
     h("p", {}, `components: ${(manifest.components || []).join(", ") || "–"}`),
     h("p", {}, `gate: ${gateLine(manifest.gate)}`),
+    slotEvaluation(info, manifest.version),
     metricsLine(manifest.metrics) ? h("p", { class: "muted" }, metricsLine(manifest.metrics)) : null,
     jsonDetails("metrics", manifest.metrics),
   );
@@ -87,13 +94,13 @@ function slotView(manifest, slot) {
 
 function renderModels(info) {
   const current = $("models-current");
-  fill(current, slotView(info.current, "current"));
+  fill(current, slotView(info.current, "current", info));
   if (info.serving && info.current && info.serving !== info.current.version) {
     current.append(
       h("p", { class: "error" }, `serving ${info.serving}, not the store's current version (refused: see Status)`),
     );
   }
-  fill($("models-candidate"), slotView(info.candidate, "candidate"));
+  fill($("models-candidate"), slotView(info.candidate, "candidate", info));
   $("models-promote").disabled = !info.candidate;
 
   const history = (info.history || []).map((m) =>
@@ -102,25 +109,29 @@ function renderModels(info) {
           "tr",
           { "data-version": m.version, class: "bad" },
           h("td", {}, h("code", {}, m.version)),
-          h("td", { colspan: "4", class: "error" }, `damaged: ${m.reason}`),
+          h("td", { colspan: "2", class: "error" }, `damaged: ${m.reason}`),
         )
-      : historyRow(m),
+      : historyRow(m, info),
   );
-  fillTable($("models-history"), history, "no earlier versions", 5);
+  fillTable($("models-history"), history, "no earlier versions", 3);
+  renderEvaluations(info, $("models-evals"), $("models-eval-charts"));
   renderAudit(info);
 }
 
-function historyRow(m) {
+function historyRow(m, info) {
   return h(
     "tr",
     { "data-version": m.version },
-    h("td", {}, h("code", {}, m.version)),
-    h("td", {}, m.kind || ""),
-    h("td", {}, fmtTime(m.created)),
-    h("td", {}, metricsLine(m.metrics) || "–"),
     h(
       "td",
       {},
+      h("code", {}, m.version),
+      h("span", { class: "version-meta" }, `${m.kind || "?"} · ${fmtTime(m.created)}`),
+    ),
+    h("td", {}, slotEvaluation(info, m.version), h("span", { class: "version-meta" }, metricsLine(m.metrics) || "–")),
+    h(
+      "td",
+      { class: "actions" },
       h(
         "button",
         {

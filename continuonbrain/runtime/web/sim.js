@@ -6,7 +6,11 @@
 // every 20 ms (50 Hz, the arm's control rate): a slow server slows the arm down, it never
 // queues requests. A click on the canvas moves the target; the new target rides along with
 // the next step. It starts paused: on a robot, a browser tab should not load the CPU that
-// the control loop needs until someone asks it to.
+// the control loop needs until someone asks it to. Step runs one tick while paused.
+//
+// The readout keeps apart what holds *now* (the tip within the success radius at this tick,
+// and for how many ticks) from what happened *earlier* (the env's success for this target:
+// held for 5 ticks, which stays true after the tip drifts off).
 
 import { ApiError, post } from "./api.js";
 import { $, fmtNum, notify, setText, sleep } from "./dom.js";
@@ -16,6 +20,8 @@ const NO_MODEL_RETRY_MS = 1000;
 const TRAIL = 160;
 const VIEW = 1.1; // world units from the centre to the canvas edge (the arm reaches 1.0)
 const SUCCESS_RADIUS = 0.05; // reach2d's success radius, drawn around the target
+const HOLD_TICKS = 5; // reach2d's hold_steps: success is this many ticks within the radius
+const cm = (metres) => `${(100 * metres).toFixed(1)} cm`; // the arm's links are 1 m long together
 
 // One control stream per page (its own recurrent state on the server), as a robot would have.
 const randomHex = (bytes) =>
@@ -33,6 +39,7 @@ const sim = {
   startDistance: null, // distance when the current target was set
   bestDistance: null,
   reachedAt: null, // tick count at the first success for the current target
+  heldTicks: 0, // consecutive ticks within the success radius, up to now
   touched: false,
   ticksForTarget: 0,
   periodMs: null,
@@ -42,6 +49,7 @@ const sim = {
 export function initSim() {
   $("sim-run").addEventListener("click", () => (sim.running ? pause() : run()));
   $("sim-reset").addEventListener("click", () => resetSim(sim.running));
+  $("sim-step").addEventListener("click", stepOnce);
   $("sim-canvas").addEventListener("click", onCanvasClick);
   draw();
 }
@@ -49,6 +57,7 @@ export function initSim() {
 function setRunning(running) {
   sim.running = running;
   setText("sim-run", running ? "Pause" : "Run");
+  $("sim-step").disabled = running;
   const stateEl = $("sim-state");
   stateEl.dataset.state = running ? "running" : "paused";
   setText("sim-state", running ? "running" : "paused");
@@ -69,6 +78,23 @@ async function run() {
     }
   }
   loop(gen);
+}
+
+/** One tick while paused (a new episode first if there is none). */
+async function stepOnce() {
+  if (sim.running) return;
+  const gen = sim.generation;
+  await settled();
+  if (sim.running || gen !== sim.generation) return;
+  try {
+    if (!sim.state) await newEpisode(gen);
+    sim.inflight = tick(gen);
+    await sim.inflight;
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 503) showNoModel(true, err.message);
+    else if (err instanceof ApiError && err.status === 404) sim.state = null;
+    else failed(err);
+  }
 }
 
 function pause() {
@@ -174,11 +200,13 @@ function apply(state, newTarget) {
     sim.reachedAt = null;
     sim.touched = false;
     sim.ticksForTarget = 0;
+    sim.heldTicks = 0;
   } else {
     sim.ticksForTarget += 1;
     sim.bestDistance = Math.min(sim.bestDistance ?? state.distance, state.distance);
   }
   sim.touched = sim.touched || state.in_target;
+  sim.heldTicks = state.in_target ? sim.heldTicks + 1 : 0;
   if (state.success && sim.reachedAt === null) sim.reachedAt = sim.ticksForTarget;
   sim.trail.push(state.tip);
   if (sim.trail.length > TRAIL) sim.trail.shift();
@@ -188,8 +216,10 @@ function apply(state, newTarget) {
 
 function renderReadout() {
   const s = sim.state;
+  const holds = Boolean(s.in_target);
   const canvas = $("sim-canvas");
   Object.assign(canvas.dataset, {
+    simId: s.sim_id,
     ticks: String(s.steps),
     distance: String(s.distance),
     startDistance: String(sim.startDistance),
@@ -198,20 +228,34 @@ function renderReadout() {
     targetY: String(s.target[1]),
     success: String(s.success),
     inTarget: String(s.in_target),
+    holds: String(holds),
+    reachedAt: sim.reachedAt === null ? "" : String(sim.reachedAt),
   });
   setText("sim-steps", `${s.steps} (${sim.ticksForTarget} for this target)`);
   setText("sim-target", `(${s.target[0].toFixed(3)}, ${s.target[1].toFixed(3)})`);
-  setText("sim-distance", `${s.distance.toFixed(3)} (started at ${sim.startDistance.toFixed(3)})`);
-  setText("sim-best", sim.bestDistance.toFixed(3));
+
+  const holdsEl = $("sim-holds");
+  holdsEl.dataset.holds = String(holds);
+  holdsEl.className = holds ? "holds-yes" : "holds-no";
+  setText(
+    "sim-holds",
+    holds
+      ? `yes: ${cm(s.distance)} from the target, for ${sim.heldTicks} tick(s)`
+      : `no: ${cm(s.distance)} from the target (needs ≤ ${cm(SUCCESS_RADIUS)})`,
+  );
+  setText(
+    "sim-distance",
+    `${cm(s.distance)} now · best ${cm(sim.bestDistance)} · started at ${cm(sim.startDistance)}`,
+  );
+  const reached = $("sim-success");
+  reached.dataset.reached = String(sim.reachedAt !== null);
   setText(
     "sim-success",
     sim.reachedAt !== null
-      ? `yes: held within ${SUCCESS_RADIUS} for 100 ms after ${sim.reachedAt} ticks`
-      : s.in_target
-        ? "in the target…"
-        : sim.touched
-          ? "touched it, not held yet"
-          : "not yet",
+      ? `yes, after ${sim.reachedAt} ticks (held ${HOLD_TICKS} ticks)${holds ? "" : ", not holding now"}`
+      : sim.touched
+        ? `touched it, not held ${HOLD_TICKS} ticks yet`
+        : "not yet for this target",
   );
 }
 

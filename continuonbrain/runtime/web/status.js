@@ -126,32 +126,108 @@ function renderStatus(s) {
   );
 }
 
-function gateValue(name, gate) {
+// -- gates --------------------------------------------------------------------------------
+//
+// Three states, told apart: "pass" (a reading that allows training), "block" (a reading that
+// stops it) and "unknown" (no reading: no sensor, no robot state file, new data not tracked).
+// An unknown reading still has an effect (an unknown battery passes, an unknown robot state
+// counts as busy where idle is required); the "Now" column says which, in a few words.
+
+const STATE_TEXT = { pass: "✓ passes", block: "✗ blocks", unknown: "? unknown" };
+const SHORT_REASON = {
+  idle: "robot busy",
+  teleop: "teleop active",
+  battery: "battery low",
+  thermal: "too hot",
+  new_episodes: "no new episodes",
+};
+
+function gateState(name, gate, sensors) {
+  if (name === "idle") return gate.known === false ? "unknown" : gate.ok ? "pass" : "block";
+  if (name === "teleop") return gate.value ? "block" : sensors.state_error ? "unknown" : "pass";
+  if (gate.value === null || gate.value === undefined) return "unknown";
+  return gate.ok ? "pass" : "block";
+}
+
+/** What the gate does right now, in a few words. ``manual``: it refuses a start from here. */
+function gateEffect(name, gate, state, manual) {
+  if (state === "block") return manual ? "blocks training (force overrides)" : "holds scheduled runs";
+  if (name === "idle") {
+    if (gate.required === false) return "not required here";
+    return state === "unknown" ? "no robot state: scheduled runs wait" : "";
+  }
+  if (state !== "unknown") return "";
+  if (name === "teleop") return "no robot state: assumed not teleoperated";
+  if (name === "battery") return "no battery reading: passes (mains power?)";
+  if (name === "thermal") return "no sensor: passes";
+  if (name === "new_episodes") return "not tracked for manual runs";
+  return "";
+}
+
+function gateValue(name, gate, state) {
+  if (state === "unknown") return "unknown";
   const v = gate.value;
   if (v === null || v === undefined) return "unknown";
+  if (name === "idle") return v ? "idle" : `busy${gate.mode ? ` (${gate.mode})` : ""}`;
+  if (name === "teleop") return v ? "active" : "off";
   if (typeof v === "boolean") return v ? "yes" : "no";
   if (name === "battery" && typeof v === "number")
     return `${Math.round(v * 100)} % (min ${Math.round((gate.min ?? 0) * 100)} %)`;
   if (name === "thermal" && typeof v === "number") return `${fmtNum(v)} °C (max ${fmtNum(gate.max)})`;
+  if (name === "new_episodes" && typeof v === "number") return `${v} (min ${gate.min ?? 1})`;
   return typeof v === "number" ? fmtNum(v) : String(v);
+}
+
+/** The one line above the table: what binds now. */
+function bindsLine(decision, gates, states) {
+  const blocking = decision.blocking || [];
+  const unknown = Object.keys(states).filter((k) => states[k] === "unknown");
+  const tail = unknown.length ? ` (unknown: ${unknown.join(", ")})` : "";
+  if (blocking.length) {
+    const why = blocking.map((k) =>
+      ["battery", "thermal"].includes(k) && gates[k]
+        ? `${SHORT_REASON[k]} (${gateValue(k, gates[k], "block")})`
+        : SHORT_REASON[k] || k,
+    );
+    return { blocked: true, text: `${why.join(", ")}: training blocked (force overrides)` };
+  }
+  if (decision.ok === false) {
+    const first = decision.reason ? Object.keys(gates).find((k) => gates[k].reason === decision.reason) : null;
+    const why = first ? (states[first] === "unknown" ? "robot state unknown" : SHORT_REASON[first] || first) : "a gate";
+    return { blocked: false, text: `Training may start; scheduled runs wait: ${why}${tail}` };
+  }
+  return { blocked: false, text: `Nothing blocks: training may start${tail}` };
 }
 
 function renderGates(decision) {
   const gates = decision.gates || {};
+  const sensors = decision.sensors || {};
   const blocking = new Set(decision.blocking || []);
-  const rows = Object.entries(gates).map(([name, gate]) =>
-    h(
+  const states = {};
+  const rows = Object.entries(gates).map(([name, gate]) => {
+    const state = gateState(name, gate, sensors);
+    states[name] = state;
+    const effect = gateEffect(name, gate, state, blocking.has(name));
+    return h(
       "tr",
       {
-        class: gate.ok ? "ok" : blocking.has(name) ? "bad blocking" : "bad",
+        class: `gate-${state}${blocking.has(name) ? " blocking" : ""}`,
         "data-gate": name,
         "data-ok": String(!!gate.ok),
+        "data-state": state,
+        "data-blocks-start": String(blocking.has(name)),
+        title: gate.detail || gate.reason || "",
       },
-      h("td", {}, name, blocking.has(name) ? " (blocks training)" : ""),
-      h("td", {}, gate.ok ? "✓" : "✗"),
-      h("td", {}, gateValue(name, gate)),
-      h("td", {}, gate.detail || gate.reason || ""),
-    ),
-  );
+      h("td", {}, name),
+      h("td", { class: "gate-state" }, STATE_TEXT[state]),
+      h("td", {}, gateValue(name, gate, state)),
+      h("td", {}, effect),
+    );
+  });
   fillTable($("status-gates"), rows, "no gates reported", 4);
+  const binds = bindsLine(decision, gates, states);
+  const el = $("status-binds");
+  el.className = `binds${binds.blocked ? " blocked" : ""}`;
+  el.dataset.blocked = String(binds.blocked);
+  setText("status-binds", binds.text);
 }
