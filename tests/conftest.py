@@ -8,6 +8,7 @@ import importlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -359,3 +360,32 @@ def wait_for(predicate: Any, timeout: float = 120.0, what: str = "condition", in
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(interval)
+
+
+# --- a real full disk ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real tmpfs of 32 MiB, unmounted afterwards; skipped with the reason where it cannot
+    be mounted (mounting needs root, which CI has)."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill_disk(mnt: Path, leave: int) -> None:
+    """Fill the file system at ``mnt`` until ``leave`` bytes are free."""
+    free = shutil.disk_usage(mnt).free
+    with (mnt / "filler").open("wb") as f:
+        chunk = b"\0" * (1 << 20)
+        remaining = free - leave
+        while remaining > 0:
+            f.write(chunk[: min(len(chunk), remaining)])
+            remaining -= len(chunk)

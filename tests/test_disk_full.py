@@ -3,33 +3,21 @@ half-written left behind and everything written before it intact (a real, tiny t
 
 from __future__ import annotations
 
-import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import fill_disk, run_cli
 
 from continuonbrain.rlds import read_episodes
 from continuonbrain.sim.collect import collect_to_dir
 
 
 @pytest.fixture
-def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs with ~150 KiB left: room for a few episodes, not for a dataset."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-    try:
-        (mount / "filler").write_bytes(b"\0" * (1900 * 1024))
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+def full_disk(small_tmpfs: Path) -> Path:
+    """A real tmpfs with ~150 KiB left: room for a few episodes, not for a dataset."""
+    fill_disk(small_tmpfs, leave=150 * 1024)
+    return small_tmpfs
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import resource
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +26,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from conftest import copy_store, make_variant, wait_for
+from conftest import copy_store, fill_disk, make_variant, wait_for
 
 from continuonbrain.runtime.api import create_app, server_config
 from continuonbrain.runtime.brain_service import BrainService
@@ -212,19 +211,6 @@ def test_status_pages_answer_with_garbage_manifests_in_every_slot(models: Path, 
         assert httpx.post(f"{url}/api/infer", json={"observation": OBS}).status_code == 200  # still serving
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path: Path):
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 def test_promote_on_a_full_disk_is_a_json_error_and_leaves_no_temporary_slot(
     arm_seed, small_tmpfs: Path, tmp_path: Path
 ) -> None:
@@ -236,9 +222,7 @@ def test_promote_on_a_full_disk_is_a_json_error_and_leaves_no_temporary_slot(
     app = make_app(models, tmp_path, rlds_dir=arm_seed["episodes"])
     token = (models / "api_token").read_text().strip()
     with guarded_server(app) as url:
-        free = shutil.disk_usage(small_tmpfs).free
-        with (small_tmpfs / "filler").open("wb") as f:
-            f.write(b"\0" * (free - size // 2))
+        fill_disk(small_tmpfs, leave=size // 2)
         r = httpx.post(f"{url}/api/models/promote", headers={"Authorization": f"Bearer {token}"}, timeout=120)
         assert r.status_code == 507, r.text
         assert r.headers["content-type"] == "application/json"

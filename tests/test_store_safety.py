@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import copy_store, make_variant
+from conftest import copy_store, fill_disk, make_variant
 
 from continuonbrain.models.store import MANIFEST, PromotionStore, StorageError, StoreError, sha256_file
 from continuonbrain.runtime.brain_service import BrainService
@@ -200,32 +200,6 @@ def test_describe_lists_damaged_slots_instead_of_failing(two_versions, tmp_path:
     assert json.loads(json.dumps(info, default=str))  # JSON-safe, as the API returns it
     r = cli("models", "list", "--model-root", str(root))
     assert r.returncode == 0 and "BROKEN" in r.stdout, r.stdout + r.stderr
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path: Path):
-    """A real tmpfs of 32 MiB (root only); unmounted afterwards."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill_disk(mnt: Path, leave: int) -> None:
-    """Fill the file system at ``mnt`` until ``leave`` bytes are free."""
-    free = shutil.disk_usage(mnt).free
-    with (mnt / "filler").open("wb") as f:
-        f.truncate(0)
-        chunk = b"\0" * (1 << 20)
-        remaining = free - leave
-        while remaining > 0:
-            f.write(chunk[: min(len(chunk), remaining)])
-            remaining -= len(chunk)
 
 
 def test_promotion_on_a_full_disk_leaves_no_half_slot_and_current_untouched(arm_seed, small_tmpfs: Path) -> None:
