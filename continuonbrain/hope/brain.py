@@ -27,6 +27,10 @@ save and free one component at a time. A LoRA adapter (``adapter_config.json`` +
 ``adapter_model.safetensors``, keys relative to the brain, e.g.
 ``base_model.model.fast_loop.in_proj.lora_A.weight``) found beside the components is merged at
 load time.
+
+Why one module of 467 lines: the brain and its file format belong together: ``load`` and
+``save`` must match what :func:`save_component` / :func:`load_component` write, and acting
+depends on the buffers that persistence carries; most of the length is :class:`HopeBrain`.
 """
 
 from __future__ import annotations

@@ -32,6 +32,11 @@ slots with its hooks; both call :func:`gate_candidate`. The rules are the same f
 
 Importing this module does not import torch: :func:`hope_policy` imports the HOPE brain when
 it loads one, so the stub path and the store's users stay free of it.
+
+Why one module of 426 lines: it is the one promotion gate, and the rule is that there is one
+path: held-out selection, shadow runs, the gate call and applying the verdict are the steps of
+that single path, and keeping them together is what keeps the seed and adapter paths from
+drifting apart.
 """
 
 from __future__ import annotations

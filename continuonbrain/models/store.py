@@ -38,6 +38,11 @@ What is trusted. :meth:`ModelStore.verify` accepts a slot only if its manifest l
 in it with a sha256 that matches: a manifest without ``files``, a file it does not cover, a
 subdirectory or a symbolic link inside the slot, or a ``current`` link that leads outside the
 model root all mean refusal, because each would let bytes nobody checked reach the loader.
+
+Why one module of 839 lines: it is, by design, the one place that knows the store's layout;
+:class:`ModelStore` (reading, verifying, leases) and :class:`PromotionStore` (promotion,
+rollback, the journal and its recovery) must agree on every path and on the crash-safety
+rules above.
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ images.
 
 :class:`EpisodeResult` is what a scan yields per episode: the :class:`Episode`, or the
 :class:`~continuonbrain.rlds.errors.RLDSError` that kept it from being one.
+
+Why one module of 658 lines: the in-memory episode and its columns are one data structure
+that every reader builds and every consumer slices. Split candidate: the lazy image types
+(:class:`LazyImage`, :class:`ImageColumn`, ~140 lines) into an images module, re-exported here.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ project wrote the dataset (the episode-metadata decision is explained in
 metadata is rebuilt from the ``episode_metadata/a/b`` keys as nested dicts. The placeholders
 the writer stores for absent step data (``""`` language instruction and step metadata, NaN
 timestamps) are read back as ``None``.
+
+Why one module of 449 lines: it is the one decoder of this project's TFDS record format (both
+layouts share every field converter); its writer is already its own module
+(:mod:`continuonbrain.rlds.tfds_writer`).
 """
 
 from __future__ import annotations

@@ -21,6 +21,11 @@ string map as JSON text, ``""`` for empty). Reading (:mod:`continuonbrain.rlds.t
 maps these back to ``None``. float64 tensors are stored with ``encoding="bytes"`` for the
 same reason as ``timestamp``; every other numeric dtype is exact in
 ``float_list``/``int64_list``.
+
+Why one module of 458 lines: it is the one TFDS writer, and its parts (the step schema, the
+feature encoding, the ``features.json`` description of that schema, the shards and
+``dataset_info.json``) must agree on the same schema; split apart they would be edited out of
+step.
 """
 
 from __future__ import annotations

@@ -41,6 +41,11 @@ Donkeycar's ``Tub.restore_records``), and writes the reason to the quarantine di
 
 Writing (:func:`write_tub`): each episode becomes one session of a tub that Donkeycar's
 ``Tub`` opens (to read, or to record more sessions into).
+
+Why one module of 1120 lines: it is one file format's reader and writer (the manifest,
+catalogs and image naming they share must match Donkeycar's). Split candidate: the writer
+(:func:`write_tub`, :class:`_TubWriter`, ~380 lines) into a ``tub_writer`` module, as
+``tfds_writer`` is for TFDS, re-exported here.
 """
 
 from __future__ import annotations

@@ -35,6 +35,11 @@ slicing is fast and testable without torch. The torch ``IterableDataset`` classe
 with episode streaming, worker/rank sharding, a bounded shuffle buffer, weighted source
 mixing (:class:`MixedSource`) and a resumable position. This module imports torch (guarded);
 ``import continuonbrain.rlds`` does not import this module.
+
+Why one module of 731 lines: the numpy window core and the torch datasets share the alignment
+convention above, which the tests check on both. Split candidate: episode sources and mixing
+(:func:`open_source`, :func:`limit_imagined`, :class:`MixedSource`, :func:`shuffle_stream`,
+~170 lines) into a sources module, re-exported here.
 """
 
 from __future__ import annotations

@@ -67,6 +67,11 @@ How it is built, and why:
 
 Import rule (README "Layout of the code"): ``runtime``
 imports ``hope``, ``models`` (the store) and ``robot``, never the training loop.
+
+Why one module of 795 lines: it is one class, :class:`BrainService`, whose loading, watching,
+fallback, integrity checks and sessions all work on the same published ``_Loaded`` record and
+locks described above. Split candidate: the session table (``_session``, ``_make_room``,
+``_drop_expired``, ``_release_idle_sessions``) as a small class of its own.
 """
 
 from __future__ import annotations

@@ -21,6 +21,10 @@ atomically at each change), ``config.json`` (the exact config the child ran), ``
 checkpoints). A server that restarts finds the newest ``job.json``: a job whose process is
 gone is marked ``interrupted`` (a sequential one can be resumed); one whose process still
 runs (the server died, the child did not) blocks new jobs until it ends, as it should.
+
+Why one module of 555 lines: it is one job lifecycle (start, monitor, stop, finish, recover
+after a restart) over one on-disk ``job.json`` state; most of it is :class:`JobManager`,
+whose methods share the job lock and the event buffer.
 """
 
 from __future__ import annotations

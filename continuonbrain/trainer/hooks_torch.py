@@ -36,6 +36,10 @@ uninterrupted run's adapter, byte for byte. Which keys form the state vector is 
 
 torch is imported when the hooks are built, never at module import: ``import
 continuonbrain.trainer`` and stub dry runs stay free of it.
+
+Why one module of 461 lines: it is one implementation of the ``ModelHooks`` contract for
+torch; most of it is :class:`TorchLoRAHooks`, whose training, resumable state and shadow
+loading share the same model, optimizer and data position.
 """
 
 from __future__ import annotations

@@ -54,6 +54,10 @@ Command line (also ``continuonbrain adapt``)::
 
     python -m continuonbrain.trainer.local_lora_trainer --config continuonbrain/configs/sim-arm-lora.json \\
         [--rlds-dir DIR] [--model-root DIR] [--use-stub-hooks] [--gated] [--resume] [--set a.b=value ...] [--json]
+
+Why one module of 767 lines: it is one run's state machine (:class:`_Run`: gates, episodes,
+training, gate and rotation, status) plus its command line; config, hooks, gate and result
+have already been moved out (see above), and :meth:`_Run._train` (~110 lines) is the loop.
 """
 
 from __future__ import annotations

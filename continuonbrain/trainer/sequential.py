@@ -67,6 +67,11 @@ itself, and ``continuonbrain train`` (:func:`run_command`, :func:`main`).
 What a test (or a board with other sensors) changes is passed in, never patched in:
 :class:`SequentialTrainer` takes the thermal and memory guard factories and the EMA codebook
 sharing as parameters, and :func:`main` hands them on.
+
+Why one module of 600 lines: it is the training loop itself (most of it is
+:meth:`SequentialTrainer.train_component`, whose budget, resume, checkpoint and cross-rank
+stop decisions interleave step by step); the data, distributed, budget, checkpoint and
+metrics parts have already been moved out (see above).
 """
 
 from __future__ import annotations
