@@ -25,6 +25,12 @@ Host rule (see :class:`HostPolicy`): bound to a loopback address, only ``localho
 port) plus ``allowed_hosts``; bound to one address, that address too; bound to a wildcard
 (``0.0.0.0``, ``::``: the owner chose to expose the robot, under names it cannot know), any
 ``Host`` unless ``allowed_hosts`` is given.
+
+Why one module of 472 lines: both layers enforce one :class:`ServerLimits` and answer
+refusals the same way (:func:`send_json_error`), and the stall tests exercise them together.
+Split candidate: the uvicorn protocol side (:class:`_Connections`, :func:`connection_cap`,
+:func:`raise_open_file_limit`, :func:`http_protocol`, :func:`connection_stats`) into its own
+module, leaving the ASGI :class:`RequestGuard` and the host rule here.
 """
 
 from __future__ import annotations
