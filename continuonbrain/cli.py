@@ -169,11 +169,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_imagine(args: argparse.Namespace) -> int:
     from continuonbrain.sim.imagine import ImagineError, SearchConfig, imagine_to_dir
 
-    search = SearchConfig(method=args.method, horizon=args.horizon, history=args.history, seed=args.seed)
+    options = {"method": args.method, "horizon": args.horizon, "history": args.history, "seed": args.seed}
     for name in ("population", "elites", "iterations", "oversample", "max_final_cost"):
         if getattr(args, name) is not None:
-            setattr(search, name, getattr(args, name))
+            options[name] = getattr(args, name)
     try:
+        search = SearchConfig(**options)  # checked as a whole (elites <= population)
         summary = imagine_to_dir(
             args.model_root,
             args.out,

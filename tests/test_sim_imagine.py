@@ -113,7 +113,7 @@ def test_search_lowers_the_predicted_cost_against_random_sequences(trained) -> N
     cfg = SearchConfig(horizon=4, population=32, elites=6, iterations=4)
     starts = select_starts(rlds_dir, 8, history=cfg.history, mid_every=world.mid_every, seed=0)
     best = cem_search(world, starts, cfg, torch.Generator().manual_seed(0))
-    one = cem_search(world, starts, SearchConfig(**{**vars(cfg), "iterations": 1}), torch.Generator().manual_seed(0))
+    one = cem_search(world, starts, cfg.model_copy(update={"iterations": 1}), torch.Generator().manual_seed(0))
     codes0, state, start_obs = world.prepare(starts)
     uniform = torch.rand(8, 128, 4, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1
     random_cost, _, _ = world.evaluate(codes0, state, start_obs, uniform)

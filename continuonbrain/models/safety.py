@@ -24,6 +24,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import Field
+
+from continuonbrain.config_base import ConfigModel
 
 __all__ = [
     "ActionDistance",
@@ -40,24 +43,22 @@ ActionDistance = Callable[[Any, Any], float]
 Violates = Callable[[Any], str | None]
 
 
-@dataclass
-class SafetyGateConfig:
-    """What a candidate must show in shadow before it may drive."""
+class SafetyGateConfig(ConfigModel):
+    """What a candidate must show in shadow before it may drive (a strict
+    :class:`~continuonbrain.config_base.ConfigModel`: unknown keys and out-of-range values
+    raise :class:`~continuonbrain.config_base.ConfigError` naming the field)."""
 
-    #: Mean per-component |candidate - logged| action difference allowed (normalised units
-    #: when actions live in [-1, 1], like Donkeycar steering/throttle).
-    avg_action_delta_threshold: float = 0.25
-    #: Shadow-evaluation steps at most (the newest held-out steps first).
-    max_eval_steps: int = 1024
-    #: Newest episodes held out of training for the gate.
-    eval_tail_episodes: int = 8
-    #: Promote even with no evaluation data (never on a real robot).
+    avg_action_delta_threshold: float = Field(0.25, ge=0)
+    """Mean per-component |candidate - logged| action difference allowed (normalised units
+    when actions live in [-1, 1], like Donkeycar steering/throttle)."""
+    max_eval_steps: int = Field(1024, ge=1)
+    """Shadow-evaluation steps at most (the newest held-out steps first)."""
+    eval_tail_episodes: int = Field(8, ge=0)
+    """Newest episodes held out of training for the gate."""
     allow_promotion_without_eval: bool = False
-    #: The candidate may be worse than the current model by at most this much distance.
-    regression_margin: float = 0.02
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    """Promote even with no evaluation data (never on a real robot)."""
+    regression_margin: float = Field(0.02, ge=0)
+    """The candidate may be worse than the current model by at most this much distance."""
 
 
 def _components(action: Any, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:

@@ -33,6 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field, field_validator
+
+from continuonbrain.config_base import ConfigModel
 from continuonbrain.robot.sensors import GatingSensors, read_sensors
 
 if TYPE_CHECKING:  # the watermark (and the RLDS reader it uses) is the caller's to import
@@ -71,9 +74,8 @@ GATE_ORDER: tuple[tuple[str, str], ...] = (
 # --- config, decision ------------------------------------------------------------------------
 
 
-@dataclass
-class GatingConfig:
-    """Thresholds for the gates.
+class GatingConfig(ConfigModel):
+    """Thresholds for the gates (a strict :class:`~continuonbrain.config_base.ConfigModel`).
 
     ``min_battery`` is a fraction (0.4 = 40 %); a percent here (40) is rejected, since it would
     silently block training forever. ``max_temp_c`` sits below the Pi 5's 80-85 °C throttling
@@ -87,13 +89,14 @@ class GatingConfig:
     max_temp_c: float = 75.0
     require_idle: bool = True
     require_new_episodes: bool = True
-    min_new_episodes: int = 1
+    min_new_episodes: int = Field(1, ge=1)
 
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.min_battery <= 1.0:
-            raise ValueError(f"min_battery is a fraction in 0..1 (0.4 = 40 %), got {self.min_battery}")
-        if self.min_new_episodes < 1:
-            raise ValueError(f"min_new_episodes must be >= 1, got {self.min_new_episodes}")
+    @field_validator("min_battery")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"min_battery is a fraction in 0..1 (0.4 = 40 %), got {value}")
+        return value
 
 
 @dataclass

@@ -47,8 +47,11 @@ from http import HTTPStatus
 from typing import Any
 
 import orjson
+from pydantic import ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from continuonbrain.config_base import ConfigModel
 
 log = logging.getLogger(__name__)
 
@@ -62,37 +65,32 @@ CONNECTIONS_STATE_KEY = "continuonbrain.connections"
 FD_RESERVE = 96
 
 
-@dataclass(frozen=True)
-class ServerLimits:
+class ServerLimits(ConfigModel):
     """Bounds on what one client can make the server hold; the defaults suit a robot's API
-    (one control loop, a few Robot Editor tabs, scripts) on a Pi with ``ulimit -n 1024``."""
+    (one control loop, a few Robot Editor tabs, scripts) on a Pi with ``ulimit -n 1024``.
+    A frozen :class:`~continuonbrain.config_base.ConfigModel` (``model_copy(update=...)`` or
+    :meth:`with_overrides` for a changed copy)."""
 
-    #: Largest request body. An ``/api/infer`` observation is at most 64 k numbers (~600 KB of
-    #: JSON at worst) or a few base64 camera frames.
-    max_body_bytes: int = 1 << 20
-    #: Request line plus headers (counted as they arrive, so the parser never buffers more).
-    max_header_bytes: int = 64 << 10
-    #: From connecting (or the end of the previous answer, or a request's first byte) to the
-    #: end of its headers.
-    header_timeout_s: float = 10.0
-    #: From the end of the headers to the end of the body.
-    body_timeout_s: float = 30.0
-    #: Open connections; further limited by the file descriptors the process may open.
-    max_connections: int = 256
-    #: Concurrent ``/api/training/events`` streams.
-    max_sse_subscribers: int = 16
-    #: uvicorn's keep-alive: an idle connection is closed after this long.
-    keep_alive_s: int = 5
-    #: How often deadlines are checked (one timer for all connections, none per request).
-    sweep_interval_s: float = 0.5
+    model_config = ConfigDict(frozen=True)
 
-    def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_header_bytes", "max_connections", "max_sse_subscribers", "keep_alive_s"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        for name in ("header_timeout_s", "body_timeout_s", "sweep_interval_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0")
+    max_body_bytes: int = Field(1 << 20, ge=1)
+    """Largest request body. An ``/api/infer`` observation is at most 64 k numbers (~600 KB of
+    JSON at worst) or a few base64 camera frames."""
+    max_header_bytes: int = Field(64 << 10, ge=1)
+    """Request line plus headers (counted as they arrive, so the parser never buffers more)."""
+    header_timeout_s: float = Field(10.0, gt=0)
+    """From connecting (or the end of the previous answer, or a request's first byte) to the
+    end of its headers."""
+    body_timeout_s: float = Field(30.0, gt=0)
+    """From the end of the headers to the end of the body."""
+    max_connections: int = Field(256, ge=1)
+    """Open connections; further limited by the file descriptors the process may open."""
+    max_sse_subscribers: int = Field(16, ge=1)
+    """Concurrent ``/api/training/events`` streams."""
+    keep_alive_s: int = Field(5, ge=1)
+    """uvicorn's keep-alive: an idle connection is closed after this long."""
+    sweep_interval_s: float = Field(0.5, gt=0)
+    """How often deadlines are checked (one timer for all connections, none per request)."""
 
 
 # --------------------------------------------------------------------------- the Host rule

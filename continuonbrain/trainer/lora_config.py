@@ -16,7 +16,7 @@ The fields are grouped into sections::
                log_every_steps, checkpoint_every
     lora       layers, rank, alpha, dropout
     guards     per_key_bounds, numeric_abs_limit, delta_weight   (the gate's default guards)
-    safety     SafetyGateConfig fields (the gate's thresholds)
+    safety     avg_action_delta_threshold, max_eval_steps, eval_tail_episodes, ...   (the gate's SafetyGateConfig)
     store      max_history, keep_logs
     gates      min_battery, max_temp_c, require_idle, min_new_episodes, robot_state_file (start gates)
 
@@ -256,21 +256,16 @@ class LocalTrainerJobConfig(ConfigModel):
     training: AdaptTraining = Field(default_factory=AdaptTraining)
     lora: LoraSection = Field(default_factory=LoraSection)
     guards: GuardsSection = Field(default_factory=GuardsSection)
-    safety: dict[str, Any] = Field(default_factory=dict)
-    """``SafetyGateConfig`` fields (the Python API takes a ``SafetyGateConfig`` argument instead)."""
+    safety: SafetyGateConfig = Field(default_factory=SafetyGateConfig)
+    """The gate's thresholds (the Python API may pass a ``SafetyGateConfig`` argument instead)."""
     store: StoreSection = Field(default_factory=StoreSection)
     gates: GatesSection = Field(default_factory=GatesSection)
-
-    @field_validator("safety")
-    @classmethod
-    def _safety(cls, value: dict[str, Any]) -> dict[str, Any]:
-        _safety_config(value)  # unknown SafetyGateConfig keys fail at load, not mid-run
-        return value
 
     # -- derived
 
     def safety_config(self) -> SafetyGateConfig:
-        return _safety_config(self.safety)
+        """A copy of the ``safety`` section (changing it leaves this config as it is)."""
+        return self.safety.model_copy()
 
     def gating_config(self) -> GatingConfig:
         g = self.gates
@@ -296,19 +291,6 @@ class LocalTrainerJobConfig(ConfigModel):
         """:meth:`load` with ``overrides`` as keywords (old flat names or dotted keys via
         ``**{"a.b": v}``; None values ignored)."""
         return cls.load(path, {k: v for k, v in overrides.items() if v is not None})
-
-
-def _safety_config(values: Mapping[str, Any]) -> SafetyGateConfig:
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(SafetyGateConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown SafetyGateConfig field(s) {unknown} (known: {sorted(names)})")
-    try:
-        return SafetyGateConfig(**values)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"SafetyGateConfig: {exc}") from None
 
 
 def _legacy_property(dotted: str) -> property:

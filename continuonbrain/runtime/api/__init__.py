@@ -47,7 +47,6 @@ The package: one ``APIRouter`` per area (:mod:`~continuonbrain.runtime.api.statu
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator, Iterable
@@ -270,4 +269,4 @@ def _gating_config(adapt_config: Path) -> GatingConfig:
     except (OSError, ValueError) as exc:
         log.warning("adaptation config %s cannot be read (%s): default gate thresholds", adapt_config, exc)
         return GatingConfig(require_new_episodes=False)
-    return dataclasses.replace(gating, require_new_episodes=False)
+    return gating.model_copy(update={"require_new_episodes": False})

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Self
 
 import torch
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
-from continuonbrain.sim.imagine.errors import ImagineError
+from continuonbrain.config_base import ConfigModel
 from continuonbrain.sim.imagine.starts import StartState
 from continuonbrain.sim.imagine.world_model import WorldModel
 
@@ -20,57 +22,49 @@ from continuonbrain.sim.imagine.world_model import WorldModel
 METHODS = ("cem",)
 
 
-@dataclass
-class SearchConfig:
-    """Parameters of the search (all recorded in each episode's metadata)."""
+class SearchConfig(ConfigModel):
+    """Parameters of the search (all recorded in each episode's metadata). A strict
+    :class:`~continuonbrain.config_base.ConfigModel`: a bad value or an unknown key raises
+    :class:`~continuonbrain.config_base.ConfigError` naming the field."""
 
-    #: Search method; only "cem" (see the module doc for why).
     method: str = "cem"
-    #: Mid steps planned per episode (each ``mid_every`` control steps: 8 = 1.6 s at 50 Hz).
-    horizon: int = 8
-    #: Real Mid ticks stepped through the Mid loop before the start (the start tick excluded).
-    #: With the horizon it should fit the Mid loop's training window (2 s = 10 ticks).
-    history: int = 2
-    #: CEM candidates per start and iteration.
-    population: int = 64
-    #: Candidates refitted per iteration (the elite set).
-    elites: int = 8
-    iterations: int = 5
-    #: Initial std of the sampling Gaussian, in normalised action units ([-1, 1] = the bounds).
-    init_std: float = 0.6
-    #: Floor of the std, so the search never collapses to a single point before its end.
-    min_std: float = 0.05
-    #: Weight of the final-tick cost added to the mean cost over the horizon.
-    final_weight: float = 1.0
-    #: Start states searched per requested episode (the worst are dropped).
-    oversample: float = 2.0
-    #: Drop trajectories whose predicted final cost is above this; None: the goal's default.
-    max_final_cost: float | None = None
-    #: Start states searched at once: memory holds ``batch_starts * population`` rollouts.
-    batch_starts: int = 16
+    """Search method; only "cem" (see the module doc for why)."""
+    horizon: int = Field(8, ge=1)
+    """Mid steps planned per episode (each ``mid_every`` control steps: 8 = 1.6 s at 50 Hz)."""
+    history: int = Field(2, ge=0)
+    """Real Mid ticks stepped through the Mid loop before the start (the start tick excluded).
+    With the horizon it should fit the Mid loop's training window (2 s = 10 ticks)."""
+    population: int = Field(64, ge=1)
+    """CEM candidates per start and iteration."""
+    elites: int = Field(8, ge=1)
+    """Candidates refitted per iteration (the elite set); at most ``population``."""
+    iterations: int = Field(5, ge=1)
+    init_std: float = Field(0.6, gt=0)
+    """Initial std of the sampling Gaussian, in normalised action units ([-1, 1] = the bounds)."""
+    min_std: float = Field(0.05, gt=0)
+    """Floor of the std, so the search never collapses to a single point before its end."""
+    final_weight: float = Field(1.0, ge=0)
+    """Weight of the final-tick cost added to the mean cost over the horizon."""
+    oversample: float = Field(2.0, ge=1)
+    """Start states searched per requested episode (the worst are dropped)."""
+    max_final_cost: float | None = Field(None, gt=0)
+    """Drop trajectories whose predicted final cost is above this; None: the goal's default."""
+    batch_starts: int = Field(16, ge=1)
+    """Start states searched at once: memory holds ``batch_starts * population`` rollouts."""
     seed: int = 0
 
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ImagineError(f"unknown search method {self.method!r} (known: {', '.join(METHODS)})")
-        for name in ("horizon", "population", "elites", "iterations", "batch_starts"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ImagineError(f"search.{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.history, int) or self.history < 0:
-            raise ImagineError(f"search.history must be an integer >= 0, got {self.history!r}")
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        if value not in METHODS:
+            raise ValueError(f"unknown search method {value!r} (known: {', '.join(METHODS)})")
+        return value
+
+    @model_validator(mode="after")
+    def _elites_fit(self) -> Self:
         if self.elites > self.population:
-            raise ImagineError(f"search.elites ({self.elites}) must be <= search.population ({self.population})")
-        for name in ("init_std", "min_std", "oversample"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ImagineError(f"search.{name} must be a positive number, got {value!r}")
-        if self.oversample < 1:
-            raise ImagineError(f"search.oversample must be >= 1, got {self.oversample}")
-        if not (math.isfinite(self.final_weight) and self.final_weight >= 0):
-            raise ImagineError(f"search.final_weight must be >= 0, got {self.final_weight}")
-        if self.max_final_cost is not None and not (math.isfinite(self.max_final_cost) and self.max_final_cost > 0):
-            raise ImagineError(f"search.max_final_cost must be a positive number, got {self.max_final_cost}")
+            raise ValueError(f"elites ({self.elites}) must be <= population ({self.population})")
+        return self
 
 
 @dataclass

@@ -6,7 +6,6 @@ What each step of an imagined episode holds is explained in :mod:`continuonbrain
 from __future__ import annotations
 
 import socket
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -112,7 +111,7 @@ def imagined_episode(
             "actions": f"planned, each held for {m} control steps (one Mid step)",
             "reward": "minus the goal cost of the next observation (no success bonus); never terminal",
             "goal": {"env": env_id, "cost": goal.description, "max_final_cost": max_final_cost},
-            "search": asdict(cfg),
+            "search": cfg.to_dict(),
             "mid_every": m,
             "predicted_cost": float(objective(tick_costs, cfg.final_weight)),
             "predicted_final_cost": float(tick_costs[-1]),

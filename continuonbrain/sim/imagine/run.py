@@ -52,8 +52,7 @@ def imagine_to_dir(
     ``max_final_cost``, ``mean_predicted_cost``, ``mean_predicted_final_cost``, ``seed`` and
     the ``paths`` written.
     """
-    cfg = search or SearchConfig()
-    cfg.validate()
+    cfg = search or SearchConfig()  # validated when built (and on every assignment)
     if not isinstance(n_episodes, int) or n_episodes < 1:
         raise ImagineError(f"the number of episodes must be an integer >= 1, got {n_episodes!r}")
     model = open_slot(model_root, slot)  # fail on a missing model before looking at any data
