@@ -362,6 +362,27 @@ def wait_for(predicate: Any, timeout: float = 120.0, what: str = "condition", in
         time.sleep(interval)
 
 
+def signal_when(
+    cmd: list[str], log: Path, ready: Any, sig: int, env: dict[str, str] | None = None, timeout: float = 240.0
+) -> int:
+    """Run ``cmd`` (output to ``log``), send it ``sig`` as soon as ``ready()`` is true, and
+    return its exit code (``-sig`` when a SIGKILL landed). The kill and crash tests use it to
+    hit a real process at a chosen step; ``timeout`` is a hang guard, not a speed assertion."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if ready():
+                proc.send_signal(sig)
+                break
+            time.sleep(0.002)
+    finally:
+        if proc.poll() is None and time.monotonic() >= deadline:
+            proc.kill()
+    return proc.wait(timeout=120)
+
+
 # --- a real full disk ----------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import train_promoted_seed
+from conftest import signal_when, train_promoted_seed
 
 from continuonbrain.trainer import (
     LocalTrainerJobConfig,
@@ -474,7 +474,6 @@ def test_kill_9_during_adaptation_then_resume_gives_the_uninterrupted_adapter(se
     first checkpoint); ``adapt --resume`` continues from the checkpoint with the same episodes
     and ends with the uninterrupted run's adapter, byte for byte."""
     import signal
-    import time
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     a_root, b_root = fresh_store(seed, tmp_path / "a"), fresh_store(seed, tmp_path / "b")
@@ -487,21 +486,13 @@ def test_kill_9_during_adaptation_then_resume_gives_the_uninterrupted_adapter(se
     assert a_result["steps"] == RESUME_STEPS and a_result["stop_reason"] == "max_steps", a_result
 
     logs, events = tmp_path / "b" / "logs", tmp_path / "b" / "events.jsonl"
-    with (tmp_path / "killed.log").open("wb") as out:
-        proc = subprocess.Popen(_adapt(seed, b_root, logs, events), stdout=out, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 240  # a hang guard, not a timing assertion
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            steps = [e["step"] for e in _read_events(events) if e.get("event") == "step"]
-            if steps and steps[-1] >= RESUME_KILL_AFTER:
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.002)
-    finally:
-        if proc.poll() is None and time.monotonic() >= deadline:
-            proc.kill()
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()
+
+    def ready() -> bool:
+        steps = [e["step"] for e in _read_events(events) if e.get("event") == "step"]
+        return bool(steps) and steps[-1] >= RESUME_KILL_AFTER
+
+    code = signal_when(_adapt(seed, b_root, logs, events), tmp_path / "killed.log", ready, signal.SIGKILL, env=env)
+    assert code == -signal.SIGKILL, (tmp_path / "killed.log").read_text()
     run_state = logs / "adapt-run"
     assert (run_state / "checkpoint.safetensors").is_file() and (run_state / "job.json").is_file()
     assert not (b_root / "candidate").exists()  # killed mid-training: nothing reached the store

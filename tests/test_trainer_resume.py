@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import signal_when
 
 COMPONENTS = ("vqvae", "mid_loop", "fast_loop")
 CHECKPOINT_EVERY = 4
@@ -89,24 +89,22 @@ def _events(run: Path) -> list[dict]:
     return [json.loads(x) for x in lines if x.endswith("}")]  # a torn last line from the kill is skipped
 
 
+def _logged_step(run: Path, component: str, step: int) -> Any:
+    """``ready`` for :func:`signal_when`: ``component`` has logged ``step`` (or later)."""
+
+    def ready() -> bool:
+        if not (run / "metrics.jsonl").exists():
+            return False
+        steps = [e["step"] for e in _events(run) if e.get("component") == component and "loss" in e]
+        return bool(steps) and steps[-1] >= step
+
+    return ready
+
+
 def _kill_inside(cmd: list[str], run: Path, component: str, log: Path) -> None:
     """Run ``cmd`` and SIGKILL it once ``component`` has logged :data:`KILL_AFTER_STEP`."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 240  # a hang guard, not a timing assertion
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if (run / "metrics.jsonl").exists():
-                steps = [e["step"] for e in _events(run) if e.get("component") == component and "loss" in e]
-                if steps and steps[-1] >= KILL_AFTER_STEP:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    break
-            time.sleep(0.002)
-    finally:
-        if proc.poll() is None and time.monotonic() >= deadline:
-            proc.kill()
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed in {component}:\n{log.read_text()}"
+    code = signal_when(cmd, log, _logged_step(run, component, KILL_AFTER_STEP), signal.SIGKILL)
+    assert code == -signal.SIGKILL, f"the run ended before it was killed in {component}:\n{log.read_text()}"
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
@@ -139,17 +137,8 @@ def test_a_graceful_stop_resumes_where_it_stopped_and_finishes_the_budget(tmp_pa
     and exits 0 with the Mid loop *interrupted*, not done; ``--resume`` trains it on from that
     step to its budget and then the Fast loop, ending with the uninterrupted run's files."""
     run, log = tmp_path / "run", tmp_path / "stopped.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(_train(source, run), stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 240  # a hang guard, not a timing assertion
-    while proc.poll() is None and time.monotonic() < deadline:
-        if (run / "metrics.jsonl").exists():
-            steps = [e["step"] for e in _events(run) if e.get("component") == "mid_loop" and "loss" in e]
-            if steps and steps[-1] >= KILL_AFTER_STEP:
-                proc.send_signal(signal.SIGTERM)
-                break
-        time.sleep(0.002)
-    assert proc.wait(timeout=120) == 0, log.read_text()
+    code = signal_when(_train(source, run), log, _logged_step(run, "mid_loop", KILL_AFTER_STEP), signal.SIGTERM)
+    assert code == 0, log.read_text()
     state = json.loads((run / "state.json").read_text())
     mid = state["components"]["mid_loop"]
     assert mid["status"] == "interrupted" and mid["stop_reason"] == "stopped" and mid["steps"] < STEPS["max_steps"]
