@@ -21,8 +21,9 @@ nothing::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from continuonbrain.lazy import lazy_exports
 
 _EXPORTS = {
     "ModelStore": "store",
@@ -71,14 +72,4 @@ if TYPE_CHECKING:
     from continuonbrain.models.store import ModelStore, PromotionStore, StorageError, StoreError
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -19,8 +19,9 @@ The names below are imported lazily (PEP 562)::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from continuonbrain.lazy import lazy_exports
 
 _EXPORTS = {
     "GatingSensors": "sensors",
@@ -52,14 +53,4 @@ if TYPE_CHECKING:
     from continuonbrain.robot.watermark import EpisodeWatermark
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

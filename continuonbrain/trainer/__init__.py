@@ -15,8 +15,9 @@ costs nothing and never imports torch; torch comes in with the modules that need
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from continuonbrain.lazy import lazy_exports
 
 _EXPORTS = {
     "build_torch_hooks": "hooks_torch",
@@ -60,14 +61,4 @@ if TYPE_CHECKING:
     from continuonbrain.trainer.scheduler import GatingConfig, GatingSensors
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
