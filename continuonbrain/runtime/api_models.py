@@ -119,3 +119,40 @@ class SimStepRequest(BaseModel):
     sim_id: str = Field(pattern=r"^[0-9a-f]{16}$")
     action: Annotated[list[float], Field(min_length=2, max_length=2)]
     target: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
+
+
+class ShadowRequest(BaseModel):
+    """``POST /api/models/shadow``: how long the window runs (neither: the server's default,
+    ``ShadowConfig.window_ticks``; both: whichever ends first). The server's ``ShadowConfig``
+    bounds both further (``max_window_ticks``, ``max_window_s``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window_ticks: int | None = Field(default=None, ge=1, le=10_000_000, description="ticks to compare")
+    window_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600, description="seconds to shadow")
+
+
+class ShadowStatus(BaseModel):
+    """``GET /api/models/shadow`` (and the answers of POST and DELETE): the running window's live
+    figures, or the last finished window's record, or nothing yet (``active`` false, nulls).
+    The first ten fields are the contract; the rest are added (see ``continuonbrain.runtime.shadow``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    active: bool
+    candidate_version: str | None
+    current_version: str | None
+    ticks: int
+    window_ticks: int | None
+    mean_action_distance: float | None
+    p95_action_distance: float | None
+    bound_violations: int
+    non_finite: int
+    passed: bool | None = Field(description="null while the window runs (or before any window)")
+    window_s: float | None = None
+    dropped: int = Field(default=0, description="ticks the shadow could not keep up with (never waited for)")
+    latency_us_p50: float | None = Field(default=None, description="the candidate's act, µs")
+    latency_us_p99: float | None = None
+    started_at: str | None = None
+    reason: str | None = Field(default=None, description="why the window ended (or 'running')")
+    verdict: str | None = Field(default=None, description="why it passed or not, with values")

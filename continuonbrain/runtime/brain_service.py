@@ -92,9 +92,19 @@ from typing import Any
 import numpy as np
 
 from continuonbrain.hope import HopeBrain
+from continuonbrain.models.shadow_stats import ShadowConfig, manifest_sha256, read_shadow_record
 from continuonbrain.models.store import ModelStore, StoreError
+from continuonbrain.runtime.shadow import NoShadowError, ShadowConflictError, ShadowRunner
 
-__all__ = ["DEFAULT_SESSION", "ActResult", "BrainService", "NoModelError", "SessionLimitError"]
+__all__ = [
+    "DEFAULT_SESSION",
+    "ActResult",
+    "BrainService",
+    "NoModelError",
+    "NoShadowError",
+    "SessionLimitError",
+    "ShadowConflictError",
+]
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +194,7 @@ class BrainService:
     (None: only when serving ``current``; an evaluation of a named slot must never score a
     different model).
     ``reverify_interval_s``: how often the watcher checks the served files on disk.
+    ``shadow_config``: windows and pass rule of live shadow mode (:meth:`start_shadow`).
     """
 
     def __init__(
@@ -199,6 +210,7 @@ class BrainService:
         session_active_s: float = 1.0,
         fallback: bool | None = None,
         reverify_interval_s: float = 1.0,
+        shadow_config: ShadowConfig | None = None,
     ):
         if slot not in ("current", "candidate"):
             raise ValueError(f"slot must be 'current' or 'candidate', got {slot!r}")
@@ -244,6 +256,11 @@ class BrainService:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._watch_errors = 0
+        self.shadow_config = shadow_config or ShadowConfig()
+        self._shadow: ShadowRunner | None = None  # the running window; act reads it once per call
+        self._shadow_last: ShadowRunner | None = None  # the newest finished window of this process
+        self._shadow_lock = threading.Lock()  # start/stop of shadows; act never takes it
+        self._shadow_candidate_stat: tuple[int, int, int] | None = None  # candidate manifest at start
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -264,6 +281,7 @@ class BrainService:
     def stop(self) -> None:
         """Stop the watcher (the loaded brain keeps answering :meth:`act`)."""
         self._stop.set()
+        self._end_shadow("the service stopped")
         if self._watcher is not None:
             self._watcher.join(timeout=max(5.0, 10 * self.watch_interval_s))
             self._watcher = None
@@ -322,6 +340,9 @@ class BrainService:
             except (TypeError, KeyError, IndexError) as exc:  # a dict observation of the wrong kind
                 raise ValueError(f"bad observation: {type(exc).__name__}: {exc}") from None
             session.ticks += 1
+            shadow = self._shadow
+            if shadow is not None and shadow.served is loaded:  # in the lock: ticks queue in session order
+                shadow.offer(sid, _frozen(obs, observation), np.array(action, np.float32), fresh)
         if action.dtype != np.float32:
             action = action.astype(np.float32)
         return ActResult(action, loaded.version, (time.perf_counter() - t0) * 1e6, sid, fresh)
@@ -409,6 +430,8 @@ class BrainService:
         while not self._stop.wait(self.watch_interval_s):
             try:
                 self._check(retry_refused=False)
+                if self._shadow is not None:
+                    self._check_shadow_candidate()
                 now = time.monotonic()
                 if now - last_purge > 1.0:
                     last_purge = now
@@ -485,6 +508,9 @@ class BrainService:
         previous = self._loaded
         self._loaded = new  # the swap
         self._swaps += 1
+        shadow = self._shadow
+        if shadow is not None and shadow.served is not new:
+            shadow.stop(f"the served brain changed from {shadow.served.version} to {new.version}", wait=False)
         self._verified = (new.version, new.signature)
         self._integrity = {"ok": True, "version": new.version, "checked_at": _iso(time.time()), "reason": None}
         self._release_idle_sessions(new)
@@ -515,10 +541,14 @@ class BrainService:
         brain.reset()  # exports the numpy Fast loop once; every session's fork shares it
         cfg = brain.config
         dict_obs = bool(cfg.image_keys or cfg.state_keys)
-        if not cfg.image_keys:  # a NaN or inf in the weights passes any checksum: act once to see
-            out = brain.fork().act(np.zeros(cfg.obs_dim, np.float32))  # a fork: the template stays unused
-            if out.shape != (cfg.action_dim,) or not np.all(np.isfinite(out)):
-                raise ValueError(f"the brain's action on a zero observation is not finite: {out.tolist()}")
+        # A NaN or inf in the weights passes any checksum: act once on a zero observation to see.
+        zero: Any = np.zeros(cfg.obs_dim, np.float32)
+        if cfg.image_keys:  # black frames too; the state width goes to the first state key (concatenated)
+            zero = {k: np.zeros(cfg.obs_dim if i == 0 else 0, np.float32) for i, k in enumerate(cfg.state_keys)}
+            zero.update({k: np.zeros(shape, np.uint8) for k, shape in cfg.image_shape_tuples.items()})
+        out = brain.fork().act(zero)  # a fork: the template stays unused
+        if out.shape != (cfg.action_dim,) or not np.all(np.isfinite(out)):
+            raise ValueError(f"the brain's action on a zero observation is not finite: {out.tolist()}")
         return _Loaded(
             brain=brain,
             version=version,
@@ -686,6 +716,134 @@ class BrainService:
             return f"no model loaded: version {last['version']} was refused ({last['reason']})"
         return f"no model loaded: {self.model_root}/{self.slot} does not exist yet"
 
+    # -- shadow mode -------------------------------------------------------------------
+
+    def start_shadow(self, window_ticks: int | None = None, window_s: float | None = None) -> dict[str, Any]:
+        """Run ``<model_root>/candidate`` in shadow beside the served brain on every :meth:`act`
+        until ``window_ticks`` ticks are compared or ``window_s`` seconds pass, whichever comes
+        first (neither: the config's ``window_ticks``). Returns the status.
+
+        The candidate is verified, loaded and smoke-tested exactly as a served version is
+        (:meth:`_load`), and must take the served brain's observations and give actions of the
+        same size. Raises :class:`ShadowConflictError` when that fails or a shadow runs already,
+        ``ValueError`` for a window out of the config's bounds.
+        """
+        cfg = self.shadow_config
+        if window_ticks is not None and not 1 <= window_ticks <= cfg.max_window_ticks:
+            raise ValueError(f"window_ticks must be 1-{cfg.max_window_ticks}, got {window_ticks}")
+        if window_s is not None and not (0 < window_s <= cfg.max_window_s):
+            raise ValueError(f"window_s must be > 0 and <= {cfg.max_window_s:g}, got {window_s}")
+        if window_ticks is None and window_s is None:
+            window_ticks = cfg.window_ticks
+        if self.slot != "current":
+            raise ShadowConflictError(f"shadow mode runs beside the served current brain, not on slot {self.slot}")
+        with self._shadow_lock:
+            running = self._shadow
+            if running is not None and running.active:
+                raise ShadowConflictError(
+                    f"a shadow of candidate {running.base['candidate_version']} is running "
+                    f"({running.stats.ticks} ticks); stop it first (DELETE /api/models/shadow)"
+                )
+            served = self._loaded
+            if served is None:
+                raise ShadowConflictError(f"nothing is served to shadow beside: {self._no_model_reason()}")
+            directory = self._store.slot("candidate")
+            manifest_path = directory / "manifest.json"
+            try:
+                stat_before = _stat_key(manifest_path)
+                sha = manifest_sha256(directory)
+            except FileNotFoundError:
+                raise ShadowConflictError(f"no candidate to shadow: {directory} does not exist") from None
+            except OSError as exc:
+                raise ShadowConflictError(f"the candidate's manifest cannot be read: {exc}") from None
+            try:
+                candidate = self._load(directory, "candidate")  # verified, loaded, smoke-tested
+                if _stat_key(manifest_path) != stat_before:
+                    raise StoreError("the candidate was replaced while it was being loaded; try again")
+            except Exception as exc:
+                raise ShadowConflictError(f"candidate refused: {type(exc).__name__}: {exc}") from None
+            mismatch = _interface_mismatch(served.brain.config, candidate.brain.config)
+            if mismatch:
+                raise ShadowConflictError(f"candidate {candidate.version} cannot shadow {served.version}: {mismatch}")
+            try:
+                current_sha: str | None = manifest_sha256(served.directory)
+            except OSError:
+                current_sha = None  # moved to history meanwhile; the version still names it
+            runner = ShadowRunner(
+                candidate.brain,
+                model_root=self.model_root,
+                config=cfg,
+                record_base={
+                    "candidate_version": candidate.version,
+                    "candidate_manifest_sha256": sha,
+                    "current_version": served.version,
+                    "current_manifest_sha256": current_sha,
+                },
+                window_ticks=window_ticks,
+                window_s=window_s,
+                served=served,
+                on_finish=self._shadow_finished,
+            )
+            self._shadow_candidate_stat = stat_before
+            runner.start()
+            self._shadow = runner  # from now on act offers its ticks
+        log.info(
+            "shadowing candidate %s beside %s (window: %s ticks, %s s)",
+            candidate.version,
+            served.version,
+            window_ticks,
+            window_s,
+        )
+        return runner.status()
+
+    def stop_shadow(self) -> dict[str, Any]:
+        """Stop the running shadow and return its record (also written to ``shadow.json``).
+        Raises :class:`NoShadowError` when none runs."""
+        with self._shadow_lock:
+            runner = self._shadow
+            if runner is None or not runner.active:
+                raise NoShadowError("no shadow is running")
+        runner.stop("stopped by request")
+        return runner.status()
+
+    def shadow_status(self) -> dict[str, Any]:
+        """The running window's live figures; else the last finished one (of this process, or
+        the record on disk); else the shape with nothing in it (``active`` false)."""
+        runner = self._shadow or self._shadow_last
+        if runner is not None:
+            return _json_safe(runner.status())
+        try:
+            record = read_shadow_record(self.model_root)
+        except ValueError as exc:
+            return {**_EMPTY_SHADOW, "reason": str(exc)}
+        return _json_safe({**_EMPTY_SHADOW, **record, "active": False}) if record else dict(_EMPTY_SHADOW)
+
+    def _shadow_finished(self, runner: ShadowRunner) -> None:
+        """The worker's last word: the window is over and recorded."""
+        with self._shadow_lock:
+            self._shadow_last = runner
+            if self._shadow is runner:
+                self._shadow = None
+
+    def _end_shadow(self, reason: str) -> None:
+        runner = self._shadow
+        if runner is not None:
+            runner.stop(reason)
+
+    def _check_shadow_candidate(self) -> None:
+        """Stop the shadow when the candidate it runs left the slot or was replaced (a stat of
+        the candidate's manifest every watcher poll: a few µs)."""
+        runner = self._shadow
+        if runner is None or not runner.active:
+            return
+        try:
+            now = _stat_key(self._store.slot("candidate") / "manifest.json")
+        except OSError:
+            now = None
+        if now != self._shadow_candidate_stat:
+            what = "left the candidate slot (promoted, rejected or removed)" if now is None else "was replaced"
+            runner.stop(f"candidate {runner.base['candidate_version']} {what}", wait=False)
+
     # -- status --------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -774,6 +932,48 @@ def _prepare(observation: Any, loaded: _Loaded) -> Any:
     if not np.isfinite(vec).all():
         raise ValueError("observation holds NaN or infinite values")
     return vec
+
+
+#: ``GET /api/models/shadow`` before any window: the contract's keys, nothing in them.
+_EMPTY_SHADOW: dict[str, Any] = {
+    "active": False,
+    "candidate_version": None,
+    "current_version": None,
+    "ticks": 0,
+    "window_ticks": None,
+    "mean_action_distance": None,
+    "p95_action_distance": None,
+    "bound_violations": 0,
+    "non_finite": 0,
+    "passed": None,
+    "reason": "no shadow window has run",
+}
+
+
+def _frozen(obs: Any, observation: Any) -> Any:
+    """The observation as the shadow may keep it: the caller's own array or dict of arrays is
+    copied (it may refill its buffer for the next tick while the shadow still queues this
+    one); a vector :func:`_prepare` built is private already, and so are the lists a JSON body
+    was parsed into."""
+    if isinstance(obs, np.ndarray):
+        return obs.copy() if obs is observation else obs
+    if isinstance(obs, Mapping):
+        return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in obs.items()}
+    return obs
+
+
+def _stat_key(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _interface_mismatch(current: Any, candidate: Any) -> str | None:
+    """What differs between two brains' observation and action interfaces (None: nothing)."""
+    for name in ("obs_dim", "action_dim", "state_keys", "image_keys", "image_shapes"):
+        a, b = getattr(current, name), getattr(candidate, name)
+        if a != b:
+            return f"{name} differs (current {a!r}, candidate {b!r})"
+    return None
 
 
 def _iso(unix: float) -> str:

@@ -16,7 +16,7 @@ from continuonbrain.runtime.api_models import ErrorResponse
 ERROR_TEXT = {
     400: "malformed request, or a Host header that is not this server's",
     401: "missing or wrong token ('Authorization: Bearer <token>')",
-    404: "no such version or sim",
+    404: "no such version or sim, or no shadow running",
     409: "conflict: a job runs, no candidate, a promotion in progress, a gate refuses",
     413: "request body over the size limit",
     422: "invalid input; the message names the field",

@@ -1,5 +1,7 @@
 """``/api/models``: the model store, promotion (the same gate as ``continuonbrain models
-promote``) and rollback."""
+promote``), rollback and live shadow mode (``/api/models/shadow``: the candidate run beside the
+served brain on the live ``/api/infer`` traffic, never actuated; see
+:mod:`continuonbrain.runtime.shadow`)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from fastapi import HTTPException, Query
 from continuonbrain.models.store import StorageError, StoreError
 from continuonbrain.runtime.api.context import AUTH, Ctx, brief
 from continuonbrain.runtime.api.errors import area_router, error_responses, io_error
-from continuonbrain.runtime.api_models import RollbackRequest
+from continuonbrain.runtime.api_models import RollbackRequest, ShadowRequest, ShadowStatus
+from continuonbrain.runtime.brain_service import NoShadowError, ShadowConflictError
 
 router = area_router()
 
@@ -74,3 +77,39 @@ def rollback(ctx: Ctx, req: RollbackRequest | None = None) -> dict[str, Any]:
         ctx.store_lock.release()
     version = ctx.service.reload()
     return {"rolled_back": True, "model_version": version, "record": record}
+
+
+@router.post(
+    "/api/models/shadow", dependencies=AUTH, response_model=ShadowStatus, responses=error_responses(401, 409, 422)
+)
+def start_shadow(ctx: Ctx, req: ShadowRequest | None = None) -> dict[str, Any]:
+    """Run the candidate in shadow beside the served brain on every ``/api/infer`` tick (never
+    actuated; the served answers stay byte for byte the same) for ``window_ticks`` ticks or
+    ``window_s`` seconds. 409 when a shadow runs, there is no candidate or nothing is served,
+    or the candidate is refused (its files do not verify, it does not take the served brain's
+    observations)."""
+    req = req or ShadowRequest()
+    try:
+        return ctx.service.start_shadow(window_ticks=req.window_ticks, window_s=req.window_s)
+    except ShadowConflictError as exc:
+        raise HTTPException(409, str(exc)) from None
+    except ValueError as exc:  # a window beyond the server's ShadowConfig bounds
+        raise HTTPException(422, str(exc)) from None
+
+
+@router.get("/api/models/shadow", response_model=ShadowStatus)
+def shadow_status(ctx: Ctx) -> dict[str, Any]:
+    """The running window's divergence figures, else the last finished window's record
+    (``<model_root>/shadow.json``, which the gate reads when it requires a passed window)."""
+    return ctx.service.shadow_status()
+
+
+@router.delete(
+    "/api/models/shadow", dependencies=AUTH, response_model=ShadowStatus, responses=error_responses(401, 404)
+)
+def stop_shadow(ctx: Ctx) -> dict[str, Any]:
+    """Stop the running shadow; its (not passed) record is written and returned. 404 when none runs."""
+    try:
+        return ctx.service.stop_shadow()
+    except NoShadowError as exc:
+        raise HTTPException(404, str(exc)) from None
