@@ -43,7 +43,10 @@ class InferRequest(BaseModel):
     observation: (
         Annotated[list[float], Field(min_length=1, max_length=MAX_OBS_NUMBERS)]
         | Annotated[dict[str, Any], Field(min_length=1, max_length=MAX_OBS_KEYS)]
-    ) = Field(description="a numeric vector, or a dict of named numeric arrays (state keys, camera images)")
+    ) = Field(
+        description="a numeric vector, or a dict of named numeric arrays (state keys, camera images); "
+        "an image may also be a base64 JPEG/PNG string (optionally a data:image/...;base64, URL)"
+    )
     session_id: Annotated[str, Field(pattern=SESSION_ID_PATTERN)] | None = Field(
         default=None, description="one control stream with its own recurrent state; omitted: 'default'"
     )
@@ -57,7 +60,9 @@ class InferRequest(BaseModel):
                 raise ValueError("a dict observation needs at least one key")
             if len(value) > MAX_OBS_KEYS:
                 raise ValueError(f"a dict observation has at most {MAX_OBS_KEYS} keys, got {len(value)}")
-            total = sum(_count_numbers(v) for v in value.values())
+            # A string is a base64 JPEG/PNG camera frame: bounded by ServerLimits.max_image_b64_bytes
+            # and decoded (to the served model's image shape) by the route, not here.
+            total = sum(_count_numbers(v) for v in value.values() if not isinstance(v, str))
             if total > MAX_OBS_NUMBERS:
                 raise ValueError(f"observation has {total} numbers, more than {MAX_OBS_NUMBERS}")
         return value

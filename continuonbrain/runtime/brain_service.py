@@ -91,7 +91,7 @@ from typing import Any
 
 import numpy as np
 
-from continuonbrain.hope import HopeBrain
+from continuonbrain.hope import HopeBrain, HopeConfig
 from continuonbrain.models.shadow_stats import ShadowConfig, manifest_sha256, read_shadow_record
 from continuonbrain.models.store import ModelStore, StoreError
 from continuonbrain.runtime.shadow import NoShadowError, ShadowConflictError, ShadowRunner
@@ -301,6 +301,13 @@ class BrainService:
         """The version being served, or None."""
         loaded = self._loaded
         return loaded.version if loaded is not None else None
+
+    def served(self) -> tuple[str, HopeConfig] | None:
+        """The served version and its model config, read together from one published record
+        (None while nothing is served): for callers that shape observations for the brain
+        before :meth:`act`, such as camera frames decoded to the model's image shape."""
+        loaded = self._loaded
+        return None if loaded is None else (loaded.version, loaded.brain.config)
 
     def act(self, observation: Any, session_id: str | None = None, reset: bool = False) -> ActResult:
         """One control tick of session ``session_id`` (None: ``"default"``).

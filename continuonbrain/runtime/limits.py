@@ -52,6 +52,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from continuonbrain.config_base import ConfigModel
+from continuonbrain.runtime.frames import DEFAULT_MAX_IMAGE_B64_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,11 @@ class ServerLimits(ConfigModel):
     """Open connections; further limited by the file descriptors the process may open."""
     max_sse_subscribers: int = Field(16, ge=1)
     """Concurrent ``/api/training/events`` streams."""
+    max_image_b64_bytes: int = Field(DEFAULT_MAX_IMAGE_B64_BYTES, ge=1)
+    """Longest base64 image string in an ``/api/infer`` observation (characters, checked before
+    decoding; longer is a 413). 512 KiB holds a 640x480 JPEG at quality 95; the decoded image
+    must also have the served model's exact shape, read from its header before any pixel is
+    decoded (:mod:`continuonbrain.runtime.frames`)."""
     keep_alive_s: int = Field(5, ge=1)
     """uvicorn's keep-alive: an idle connection is closed after this long."""
     sweep_interval_s: float = Field(0.5, gt=0)

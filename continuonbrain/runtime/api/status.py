@@ -17,7 +17,8 @@ from continuonbrain.robot.sensors import read_temperature_c
 from continuonbrain.runtime.api.context import Ctx, brief, context
 from continuonbrain.runtime.api.errors import area_router, error_responses
 from continuonbrain.runtime.api_models import InferRequest, InferResponse
-from continuonbrain.runtime.brain_service import NoModelError, SessionLimitError
+from continuonbrain.runtime.brain_service import ActResult, BrainService, NoModelError, SessionLimitError
+from continuonbrain.runtime.frames import FrameError, prepare_frames
 from continuonbrain.runtime.limits import connection_stats
 
 router = area_router()
@@ -63,17 +64,21 @@ async def infer(req: InferRequest, request: Request) -> Response:
     """One control tick: the action for ``observation`` from the served model."""
     # The context straight from the app, not through ``Ctx``: resolving a dependency costs
     # ~15 µs, a third of this route's time in the server.
-    service = context(request).service
+    ctx = context(request)
+    service = ctx.service
     obs = req.observation
     try:
         if isinstance(obs, dict):
-            result = await run_in_threadpool(service.act, obs, req.session_id, req.reset)
+            max_chars = ctx.limits.max_image_b64_bytes
+            result = await run_in_threadpool(_act_on_dict, service, obs, max_chars, req.session_id, req.reset)
         else:
             result = service.act(obs, req.session_id, req.reset)
     except NoModelError as exc:
         raise HTTPException(503, str(exc)) from None
     except SessionLimitError as exc:
         raise HTTPException(429, str(exc), headers={"Retry-After": "1"}) from None
+    except FrameError as exc:  # the message names the key (and both shapes)
+        raise HTTPException(exc.status_code, str(exc)) from None
     except ValueError as exc:
         raise HTTPException(422, f"observation: {exc}") from None
     # Encoded here with orjson and returned as a Response, so FastAPI does not re-validate
@@ -87,6 +92,18 @@ async def infer(req: InferRequest, request: Request) -> Response:
         "fresh_state": result.fresh_state,
     }
     return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _act_on_dict(
+    service: BrainService, obs: dict[str, Any], max_chars: int, session_id: str | None, reset: bool
+) -> ActResult:
+    """A dict observation's tick, in the thread pool: camera frames (base64 JPEG/PNG strings or
+    nested lists) become ``uint8`` arrays of the served model's image shapes first."""
+    served = service.served()
+    if served is None:
+        return service.act(obs, session_id, reset)  # raises NoModelError: nothing to shape frames for
+    shapes = served[1].image_shape_tuples
+    return service.act(prepare_frames(obs, shapes, max_chars=max_chars), session_id, reset)
 
 
 def system_info(sysfs_root: str | os.PathLike) -> dict[str, Any]:
