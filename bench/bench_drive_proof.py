@@ -59,8 +59,9 @@ GOAL_FRACTION = 0.9
 
 
 def measured(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``cmd`` (stdout to ``log``, stderr to ``log``.err) and return its exit code, wall
-    time and peak RSS (that child's ``ru_maxrss``, from ``os.wait4``)."""
+    """Run ``cmd`` (stdout to ``log``, stderr to ``log``.err); return its wall time, CPU time
+    (user + system: what load from other processes on a shared machine does not inflate) and
+    peak RSS (that child's own ``ru_maxrss``, from ``os.wait4``). Raises on a non-zero exit."""
     log.parent.mkdir(parents=True, exist_ok=True)
     err = log.with_suffix(log.suffix + ".err")
     with log.open("w") as out, err.open("w") as errf:
@@ -72,7 +73,8 @@ def measured(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> di
     if proc.returncode != 0:
         tail = err.read_text()[-2000:]
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}; stderr ({err}):\n{tail}")
-    return {"wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    cpu = usage.ru_utime + usage.ru_stime
+    return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
 def last_json(path: Path) -> Any:
@@ -142,6 +144,7 @@ def train_hope(tubs: Path, work: Path, overrides: list[str]) -> dict[str, Any]:
         "promoted": promoted,
         "gate": gate,
         "train_s": run["wall_s"],
+        "train_cpu_s": run["cpu_s"],
         "peak_rss_mb": run["peak_rss_mb"],
         "gradient_steps": sum(int(c["steps"]) for c in comps.values()),
         "components": {
@@ -163,7 +166,7 @@ def train_linear(tubs: Path, work: Path, steps: int) -> dict[str, Any]:
     run = measured([sys.executable, str(LINEAR), "train", "--data", str(tubs), "--steps", str(steps),
                     "--out", str(out)], work / "logs" / "linear-train.json")  # fmt: skip
     info = {**last_json(work / "logs" / "linear-train.json"), "model": str(out), "train_s": run["wall_s"],
-            "peak_rss_mb": run["peak_rss_mb"]}  # fmt: skip
+            "train_cpu_s": run["cpu_s"], "peak_rss_mb": run["peak_rss_mb"]}  # fmt: skip
     result.write_text(json.dumps(info) + "\n")
     return info
 
@@ -287,7 +290,7 @@ def table(res: dict[str, Any]) -> str:
     expert = ev["expert"]["mean_progress"] or 1.0
     lines = [
         f"| drive2d, {res['eval_episodes']} unseen tracks | lap progress | vs expert | laps | off-track "
-        "(episodes / steps) | mean \\|cte\\| m | train s | peak RSS MB | act p50 / p99 ms (1 thread) |",
+        "(episodes / steps) | mean \\|cte\\| m | train s wall / CPU | peak RSS MB | act p50 / p99 ms (1 thread) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     rows = [
@@ -299,7 +302,7 @@ def table(res: dict[str, Any]) -> str:
     for name, e, t in rows:
         lat = e.get("act_latency")
         lat_s = f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f}" if lat else "n/a"
-        train_s = f"{t['train_s']:.0f}" if t else "n/a"
+        train_s = f"{t['train_s']:.0f} / {t['train_cpu_s']:.0f}" if t else "n/a"
         rss = f"{t['peak_rss_mb']:.0f}" if t else "n/a"
         lines.append(
             f"| {name} | {_pct(e['mean_progress'])} | {_pct(e['mean_progress'] / expert)} | {_pct(e['lap_rate'])} "
