@@ -108,7 +108,8 @@ class ShadowRunner:
 
     @property
     def active(self) -> bool:
-        return not self._done.is_set()
+        """True until the window is over *and* recorded (``shadow.json`` written)."""
+        return self.record is None
 
     def offer(self, session_id: str, observation: Any, action: np.ndarray, fresh: bool) -> None:
         """Queue one served tick for the candidate, or count it as dropped when the queue is
@@ -153,13 +154,13 @@ class ShadowRunner:
         self._done.set()
         self.ended_at = now_iso()
         record = self._snapshot(active=False, complete=complete, reason=reason)
-        self.record = record
         self._sessions.clear()
         try:
             write_shadow_record(self.model_root, record)
         except OSError as exc:
             log.error("cannot write the shadow record to %s: %s", self.model_root, exc)
             record["write_error"] = f"{type(exc).__name__}: {exc}"
+        self.record = record  # only now does the status say "over": the file is there to read
         log.info(
             "shadow of %s ended (%s): %s",
             self.base.get("candidate_version"),
