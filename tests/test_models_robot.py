@@ -82,6 +82,7 @@ def test_robot_does_not_import_the_model_store_or_the_hope_model() -> None:
     [
         ("runtime", ("hope", "models", "robot", "rlds", "fsutil", "config_base", "runtime", "sim")),
         ("sim", ("hope", "models", "robot", "rlds", "fsutil", "config_base", "sim")),
+        ("integrations", ("hope", "models", "runtime", "config_base", "integrations")),
     ],
 )
 def test_runtime_and_sim_never_import_the_training_package(folder: str, allowed: tuple[str, ...]) -> None:

@@ -182,6 +182,8 @@ class ContinuonPilot:
             if any(v is None for v in inputs):
                 missing = [k for k, v in zip(mapping.input_keys, inputs, strict=True) if v is None]
                 return self._stop("no_input", f"no value yet for input(s) {missing}")
+            if isinstance(img_arr, str | bytes):
+                raise ValueError(f"img_arr is {type(img_arr).__name__}: the part takes the camera's uint8 array")
             frame = as_frame(mapping.image_key, img_arr, mapping.image_shape, max_chars=0)
             obs: dict[str, Any] = {mapping.image_key: frame}
             for key, value in zip(mapping.input_keys, inputs, strict=True):
@@ -222,7 +224,7 @@ class ContinuonPilot:
             "stopped": dict(self._stopped),
             "last_stop": dict(self._last_stop) if self._last_stop else None,
             "image_key": mapping.image_key if mapping else self.image_key,
-            "input_keys": list(mapping.input_keys) if mapping else self.input_keys,
+            "input_keys": list(mapping.input_keys if mapping else self.input_keys or ()),
             "service": self._service.status(),
         }
 
