@@ -217,9 +217,11 @@ def cmd_imagine(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
+    from continuonbrain.runtime.sim_twin import closed_loop_runner
     from continuonbrain.trainer.local_lora_trainer import run_command
 
-    return run_command(args)
+    # the same sim twin as models promote: the adapter's own promotion runs the one gate
+    return run_command(args, sim_twin=closed_loop_runner)
 
 
 # --- models --------------------------------------------------------------------------------
@@ -254,9 +256,23 @@ def cmd_models(args: argparse.Namespace) -> int:
                 print(f"  audit      {when}  {what}  {a.get('version')}  {a.get('reason', '')}")
             return 0
         if args.models_command == "promote":
-            from continuonbrain.models.promotion import promote_candidate
+            from continuonbrain.models.promotion import load_gate_config, promote_candidate
+            from continuonbrain.runtime.sim_twin import check_sim_env, closed_loop_runner
 
-            result, info = promote_candidate(args.model_root, rlds_dir=args.rlds_dir)
+            overrides = {"sim_env": args.sim_env, "sim_episodes": args.sim_episodes, "sim_seed": args.sim_seed}
+            try:
+                cfg, source = load_gate_config(args.model_root, overrides=overrides)
+                check_sim_env(cfg)
+            except ValueError as exc:  # a gate_config.json, an option or a sim env that is not usable
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            result, info = promote_candidate(
+                args.model_root,
+                rlds_dir=args.rlds_dir,
+                cfg=cfg,
+                closed_loop=closed_loop_runner(cfg),
+                config_source=source,
+            )
             if args.json:
                 _print_json({"promoted": result.passed, "reason": result.reason, "gate": result.to_dict(), **info})
             else:
@@ -386,7 +402,19 @@ def build_parser() -> argparse.ArgumentParser:
         p = models.add_parser(verb, help=text)
         p.add_argument("--model-root", required=True)
         p.add_argument("--version", help="rollback: the history version (default: the newest)")
-        p.add_argument("--rlds-dir", help="promote: held-out episodes (default: the candidate's training data)")
+        p.add_argument(
+            "--rlds-dir",
+            help="promote: where the held-out episodes are (default: the set the candidate's manifest records)",
+        )
+        if verb == "promote":
+            p.add_argument(
+                "--sim-env",
+                metavar="ENV",
+                help="also run candidate and current closed-loop on this sim twin (a built-in env id or a "
+                "gymnasium id; default: the store's gate_config.json sim_env)",
+            )
+            p.add_argument("--sim-episodes", type=int, metavar="N", help="sim twin episodes per model (default 20)")
+            p.add_argument("--sim-seed", type=int, metavar="S", help="sim twin base seed (default 1000)")
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_models)
 

@@ -51,8 +51,8 @@ def test_shadow_evaluation_counts_steps_violations_and_errors() -> None:
 @pytest.mark.parametrize(
     ("candidate", "current", "passed", "fragment"),
     [
-        (ShadowResult(steps=10, avg_action_delta=0.1), None, True, "under 0.25"),
-        (ShadowResult(steps=10, avg_action_delta=0.3), None, False, "over the threshold"),
+        (ShadowResult(steps=10, avg_action_delta=0.1), None, True, "under 0.4"),
+        (ShadowResult(steps=10, avg_action_delta=0.45), None, False, "over the threshold"),
         (ShadowResult(steps=10, avg_action_delta=0.1, violations=1, first_violation="x"), None, False, "bounds"),
         (ShadowResult(error="boom"), None, False, "raised"),
         (ShadowResult(), None, False, "no evaluation data"),

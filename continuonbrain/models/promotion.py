@@ -1,27 +1,49 @@
-"""The promotion gate: one path for seeds and adapters, for the CLI, the API and the trainers.
+"""The promotion gate: one path for seeds and adapters, for the CLI, the API, the trainers and the demo.
 
 Every candidate, a HOPE seed from ``continuonbrain train`` or a LoRA adapter from the local
 trainer, is judged by :func:`gate_candidate`, and its verdict is applied by
 :func:`apply_gate`::
 
     candidate files verified against the manifest        else rejected, nothing is run
-    the candidate runs in shadow on the held-out episodes (newest first, max_eval_steps)
-    the current model runs in shadow on the same episodes (not for a stub)
-    gate (continuonbrain.models.safety.gate): distance, bounds, regression, errors
+    the held-out episodes: the candidate manifest's held_out set (never trained on)
+    candidate and current run in shadow on those same episodes (max_eval_steps)
+    replay episodes (an adapter's: what the brain could already do): both again, paired
+    offline decision (continuonbrain.models.safety.gate): errors, bounds, ceiling,
+        paired held-out difference, forgetting, shadow window (require_shadow)
+    the sim twin (cfg.sim_env, if the offline checks passed): both closed-loop on the same
+        seeded episodes through BrainService.act (an injected runner: see ClosedLoop)
     pass -> PromotionStore.promote (old current to history/)   fail -> PromotionStore.reject (rejected/)
-    audit.jsonl records why (gate_record: passed, reason, both runs' metrics)
+    audit.jsonl, the promoted manifest's gate and rejected/<version>/gate.json record why
+        (gate_record: passed, reason, both runs' metrics, checks with every value)
 
-The seed path (:func:`promote_candidate`: ``continuonbrain models promote``, ``POST
-/api/models/promote``) holds out the newest ``eval_tail_episodes`` episodes of the data the
-candidate was trained for (``rlds_dir`` from its manifest unless given) and loads each slot as
-:func:`hope_policy`. The adapter trainer holds out its own tail (:func:`hold_out`) and loads
-slots with its hooks; both call :func:`gate_candidate`. The rules are the same for both:
+Where the held-out episodes come from (:func:`manifest_held_out`): both trainers hold out the
+newest real episodes of their data and record them in the candidate's manifest (``held_out``:
+``rlds_dir``, ``split``, ``episode_ids``; :func:`held_out_record`). A manifest written before
+that falls back to the newest ``eval_tail_episodes`` episodes of its ``rlds_dir``, and the
+record says so (they may have been training data). The adapter trainer hands its held-out
+episodes in directly (:func:`hold_out`).
+
+Which config (:func:`load_gate_config`): ``<model_root>/gate_config.json`` when the store has
+one, so that ``models promote``, ``POST /api/models/promote``, the adapter trainer and the
+demo judge a store's candidates alike; else the adapter job's ``safety`` section (the server
+passes its adaptation config's), else the defaults. ``models promote --sim-env ENV
+--sim-episodes N`` overrides the sim twin for one call.
+
+The rules are the same for every path:
 
 * **A gate judges on real data.** Imagined episodes (``provenance.origin`` ``imagined:*``, the
   world model's own rollouts) are never evaluation data: they say what a model expected, not
   what the robot did, and a candidate scored on them would be graded on its own predictions.
   :func:`tail_episodes` and :func:`hold_out` skip them, and :func:`gate_candidate` drops any
   that a caller hands in. They may still be training data (under the trainers' caps).
+* **Paired, relative, then absolute.** Candidate and current are scored on the same episodes
+  and compared episode by episode; the absolute ceiling is only a last guard.
+* **Closed loop where there is a loop to close.** Action distance on logged episodes does not
+  predict closed-loop behaviour well enough (a 30-step seed passed the old distance gate and
+  reached 12% of reach2d targets against 100%), so a store whose task has a simulator names
+  it (``sim_env``) and the gate runs both models on it. The runner is injected (models/ may
+  not import runtime/ or sim/): :func:`continuonbrain.runtime.sim_twin.closed_loop_runner`,
+  used by every caller. A config naming a sim twin with no runner is refused, not skipped.
 * **Bounded memory.** Observations reach the policy one step at a time, camera frames decoded
   per step (:func:`step_observations`): a whole episode of decoded frames does not fit a Pi's
   memory budget. The held-out episodes themselves stay encoded (frames are lazy).
@@ -33,16 +55,18 @@ slots with its hooks; both call :func:`gate_candidate`. The rules are the same f
 Importing this module does not import torch: :func:`hope_policy` imports the HOPE brain when
 it loads one, so the stub path and the store's users stay free of it.
 
-Why one module of 426 lines: it is the one promotion gate, and the rule is that there is one
-path: held-out selection, shadow runs, the gate call and applying the verdict are the steps of
-that single path, and keeping them together is what keeps the seed and adapter paths from
-drifting apart.
+Why one module of this length: it is the one promotion gate, and the rule is that there is
+one path: held-out selection, shadow runs, the sim twin call, the gate call and applying the
+verdict are the steps of that single path, and keeping them together is what keeps the seed
+and adapter paths from drifting apart.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,6 +84,7 @@ from continuonbrain.models.safety import (
     build_simple_action_guards,
     gate,
     shadow_evaluate,
+    sim_check,
 )
 from continuonbrain.models.store import PromotionStore, StoreError
 from continuonbrain.rlds import Episode, read_episodes
@@ -70,8 +95,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "GATE_CONFIG_FILE",
     "GATE_METRICS",
     "ActionNamer",
+    "ClosedLoop",
     "GatePolicy",
     "Guards",
     "apply_gate",
@@ -79,17 +106,22 @@ __all__ = [
     "gate_candidate",
     "gate_metrics",
     "gate_record",
+    "held_out_record",
     "hold_out",
     "hope_guards",
     "hope_policy",
     "is_stub_manifest",
+    "load_gate_config",
+    "manifest_held_out",
     "promote_candidate",
     "real_episodes",
+    "select_episodes",
     "shadow_brain",
     "shadow_pairs",
     "shadow_policy",
     "step_observations",
     "tail_episodes",
+    "write_gate_config",
 ]
 
 #: ``(action_distance, violates)``, as :func:`~continuonbrain.models.safety.build_simple_action_guards` returns.
@@ -300,9 +332,18 @@ def is_stub_manifest(manifest: Mapping[str, Any]) -> bool:
     return manifest.get("kind") == "stub" or bool(manifest.get("stub"))
 
 
+#: ``slot directory -> closed-loop figures`` (``continuonbrain eval``'s result: ``success_rate``,
+#: ``mean_return``, ``mean_final_distance``, ``distance_metric``): the sim twin, built by the
+#: caller (:func:`continuonbrain.runtime.sim_twin.closed_loop_runner`) because this package may
+#: not import the runtime or the simulators.
+ClosedLoop = Callable[[Path], Mapping[str, Any]]
+#: Episodes, or a function that reads them (called only once the candidate's files verified).
+EpisodesOrReader = Sequence[Episode] | Callable[[], Sequence[Episode]]
+
+
 def gate_candidate(
     store: PromotionStore,
-    episodes: Sequence[Episode] | Callable[[], Sequence[Episode]],
+    episodes: EpisodesOrReader,
     cfg: SafetyGateConfig | None,
     load_policy: Callable[[Path], Any],
     guards: Guards | None = None,
@@ -310,6 +351,9 @@ def gate_candidate(
     observation_keys: Sequence[str] | None = None,
     action_keys: Sequence[str] | None = None,
     stub: bool = False,
+    replay: EpisodesOrReader | None = None,
+    closed_loop: ClosedLoop | None = None,
+    held_out_info: Mapping[str, Any] | None = None,
 ) -> GateResult:
     """Judge the store's candidate against its current model; decides nothing in the store.
 
@@ -323,6 +367,14 @@ def gate_candidate(
     else finite-values-only guards. ``stub`` (or a stub manifest): run in shadow, never
     promoted. ``observation_keys`` / ``action_keys``: how observations are read for a policy
     without ``observations`` and how actions are named for the guards.
+
+    ``replay``: held-out episodes of what the brain could already do (an adapter's replay
+    set): candidate and current are compared on them too, paired, as ``checks["forgetting"]``.
+    ``closed_loop``: the sim twin (:data:`ClosedLoop`), run on both slots when ``cfg.sim_env``
+    is set and the offline checks passed (a config naming a sim twin with no runner given is
+    refused, never silently skipped). ``cfg.require_shadow``: the store's last live shadow
+    window must be of this candidate beside this current model and have passed.
+    ``held_out_info``: where the held-out episodes came from, recorded in ``checks["held_out"]``.
     """
     cfg = cfg or SafetyGateConfig()
     candidate_dir = store.slot("candidate")
@@ -334,12 +386,11 @@ def gate_candidate(
             False, f"candidate files do not match its manifest: {exc}", broken.to_dict(), None, cfg.to_dict()
         )
     stub = stub or is_stub_manifest(manifest)
-    given = list(episodes() if callable(episodes) else episodes)
-    held_out = real_episodes(given)
-    if len(held_out) < len(given):
-        log.info("gate: %d imagined episode(s) left out of the evaluation data", len(given) - len(held_out))
+    held_out = _real(episodes, "held-out")
 
-    def run(slot_dir: Path, what: str, guards: Guards | None) -> tuple[ShadowResult, Guards | None]:
+    def run(
+        slot_dir: Path, what: str, guards: Guards | None, data: Sequence[Episode]
+    ) -> tuple[ShadowResult, Guards | None]:
         try:
             policy = load_policy(slot_dir)
         except Exception as exc:  # a model that does not even load is rejected, not a crash
@@ -347,17 +398,106 @@ def gate_candidate(
         if policy is None:
             return ShadowResult(error=f"cannot run the {what} with these hooks"), guards
         guards = guards or getattr(policy, "guards", None) or build_simple_action_guards()
-        result = _shadow_loaded(policy, held_out, *guards, observation_keys, action_keys, cfg.max_eval_steps)
+        result = _shadow_loaded(policy, data, *guards, observation_keys, action_keys, cfg.max_eval_steps)
         return result, guards
 
-    candidate, used = run(candidate_dir, "candidate", guards)
+    candidate, used = run(candidate_dir, "candidate", guards, held_out)
     if stub:
         reason = "stub: a dry run of the trainer loop (no weights); never promoted"
         return GateResult(False, reason, candidate.to_dict(), None, cfg.to_dict())
+    current_version = store.current_version()
     current = None
-    if store.current_version() is not None:
-        current, _ = run(store.slot("current"), "current model", used)
-    return gate(candidate, current, cfg)
+    if current_version is not None:
+        current, _ = run(store.slot("current"), "current model", used, held_out)
+    forgetting = None
+    replayed = _real(replay, "replay") if replay is not None else None
+    if replayed is not None:
+        f_cand, _ = run(candidate_dir, "candidate", used, replayed)
+        f_cur = run(store.slot("current"), "current model", used, replayed)[0] if current is not None else None
+        forgetting = (f_cand, f_cur)
+    shadow = _shadow_evidence(store, manifest, current_version) if cfg.require_shadow else None
+    offline = gate(candidate, current, cfg, forgetting=forgetting, shadow=shadow)
+    sim_twin = None
+    if cfg.sim_env:
+        if not offline.passed:
+            sim_twin = {"env": cfg.sim_env, "skipped": f"not run: {offline.reason}", "passed": None}
+        else:
+            sim_twin = _sim_evidence(closed_loop, candidate_dir, store.slot("current") if current else None, cfg)
+    result = gate(candidate, current, cfg, forgetting=forgetting, sim_twin=sim_twin, shadow=shadow)
+    result.checks["held_out"] = {
+        **(held_out_info or {"source": "given"}),
+        "episode_ids": [ep.episode_id for ep in held_out],
+        **result.checks.get("held_out", {}),
+    }
+    if replayed is not None and "forgetting" in result.checks:
+        result.checks["forgetting"]["episode_ids"] = [ep.episode_id for ep in replayed]
+    return result
+
+
+def _real(episodes: EpisodesOrReader, what: str) -> list[Episode]:
+    given = list(episodes() if callable(episodes) else episodes)
+    real = real_episodes(given)
+    if len(real) < len(given):
+        log.info("gate: %d imagined %s episode(s) left out of the evaluation data", len(given) - len(real), what)
+    return real
+
+
+def _sim_evidence(
+    closed_loop: ClosedLoop | None, candidate_dir: Path, current_dir: Path | None, cfg: SafetyGateConfig
+) -> dict[str, Any]:
+    """Both slots closed-loop on the sim twin, then :func:`~continuonbrain.models.safety.sim_check`."""
+    if closed_loop is None:
+        missing = {"error": "the gate config names a sim twin but no closed-loop runner was given to the gate"}
+        return sim_check(missing, None, cfg)
+
+    def figures(slot_dir: Path) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            out = dict(closed_loop(slot_dir))
+        except Exception as exc:  # a model that cannot run on the twin is refused, not a crash
+            out = {"error": f"{type(exc).__name__}: {exc}"}
+        out["wall_time_s"] = round(time.monotonic() - started, 3)
+        return out
+
+    cand = figures(candidate_dir)
+    cur = figures(current_dir) if current_dir is not None and not cand.get("error") else None
+    check = sim_check(cand, cur, cfg)
+    for name, r in (("candidate_run", cand), ("current_run", cur)):
+        if r and not r.get("error"):
+            check[name] = {k: r.get(k) for k in _SIM_FIGURES if k in r}
+    return check
+
+
+#: What the record keeps of each closed-loop run (the per-episode rows are left out).
+_SIM_FIGURES = ("model_version", "success_rate", "mean_return", "mean_final_distance", "mean_length", "wall_time_s")
+
+
+def _shadow_evidence(store: PromotionStore, manifest: Mapping[str, Any], current_version: str | None) -> dict[str, Any]:
+    """``require_shadow``: the store's last live shadow window, judged by
+    :func:`~continuonbrain.models.shadow_stats.shadow_verdict`."""
+    from continuonbrain.models.shadow_stats import (
+        ShadowRecordError,
+        manifest_sha256,
+        read_shadow_record,
+        shadow_verdict,
+    )
+
+    out: dict[str, Any] = {"candidate_version": manifest.get("version"), "current_version": current_version}
+    try:
+        record = read_shadow_record(store.root)
+    except ShadowRecordError as exc:
+        return {**out, "passed": False, "why": str(exc)}
+    if record is not None:
+        keep = ("candidate_version", "current_version", "ticks", "window_ticks", "mean_action_distance")
+        keep += ("p95_action_distance", "bound_violations", "non_finite", "passed")
+        out["record"] = {k: record.get(k) for k in keep}
+    why = shadow_verdict(
+        record,
+        candidate_version=manifest.get("version"),
+        candidate_manifest_sha256=manifest_sha256(store.slot("candidate")),
+        current_version=current_version,
+    )
+    return {**out, "passed": why is None, "why": why}
 
 
 def gate_metrics(result: GateResult) -> dict[str, Any]:
@@ -371,11 +511,13 @@ def gate_metrics(result: GateResult) -> dict[str, Any]:
 def gate_record(result: GateResult, *, metrics: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """What the store records for a decision (the audit line, the promoted manifest's ``gate``,
     ``rejected/<version>/gate.json``): ``passed``, ``reason``, ``metrics`` (both shadow runs,
-    plus ``metrics``, e.g. ``{"training": ...}``) and the ``extra`` keys."""
+    plus ``metrics``, e.g. ``{"training": ...}``), ``checks`` (every check with its values:
+    :attr:`~continuonbrain.models.safety.GateResult.checks`) and the ``extra`` keys."""
     return {
         "passed": result.passed,
         "reason": result.reason,
         "metrics": {**gate_metrics(result), **(metrics or {})},
+        "checks": result.checks,
         **extra,
     }
 
@@ -390,24 +532,144 @@ def apply_gate(store: PromotionStore, result: GateResult, record: dict[str, Any]
         store.reject(record)
 
 
+# --------------------------------------------------------------------------- held-out sets
+
+
+#: The store's gate config, read by every path that gates (see :func:`load_gate_config`).
+GATE_CONFIG_FILE = "gate_config.json"
+
+
+def held_out_record(
+    rlds_dir: str | os.PathLike | None, episodes: Sequence[Episode], split: str | None = None
+) -> dict[str, Any]:
+    """What a trainer writes in its candidate's manifest (``held_out``) about the episodes it
+    held out and never trained on: enough to re-read exactly those (``rlds_dir``, ``split``,
+    ``episode_ids``, oldest first)."""
+    return {
+        "rlds_dir": None if rlds_dir is None else str(rlds_dir),
+        "split": split,
+        "episode_ids": [ep.episode_id for ep in episodes],
+    }
+
+
+def select_episodes(rlds_dir: str | os.PathLike, ids: Sequence[str], split: str | None = None) -> list[Episode]:
+    """The episodes of ``rlds_dir`` whose ids are ``ids``, in that order; missing ones are left
+    out (the caller compares the counts). Bad episodes are skipped, frames stay encoded."""
+    wanted = set(ids)
+    found: dict[str, Episode] = {}
+    for ep in read_episodes(rlds_dir, split, on_error="skip"):
+        if ep.episode_id in wanted and ep.episode_id not in found:
+            found[ep.episode_id] = ep
+    return [found[i] for i in ids if i in found]
+
+
+def _same_dir(a: str | os.PathLike | None, b: str | os.PathLike | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def manifest_held_out(
+    manifest: Mapping[str, Any], cfg: SafetyGateConfig, rlds_dir: str | os.PathLike | None = None
+) -> tuple[list[Episode], dict[str, Any]]:
+    """The held-out episodes of a candidate, and where they came from (for ``checks["held_out"]``).
+
+    The manifest's ``held_out`` set (episodes the trainer never trained on), looked up by id in
+    ``rlds_dir`` when given (a moved or copied data directory), else in the directory the
+    trainer recorded (``source: "manifest"``; ids no longer there are listed as ``missing``).
+    Otherwise the newest ``eval_tail_episodes`` real episodes of ``rlds_dir`` (default: the
+    manifest's): for a candidate that records no held-out set and whose data is not
+    ``rlds_dir``, those are episodes of another directory (``source: "given"``); for one
+    trained on that directory (a manifest written before held-out sets were recorded), the
+    training data's tail (``source: "tail"``, with a ``note`` saying it may have been trained on).
+    """
+    record = manifest.get("held_out") if isinstance(manifest.get("held_out"), Mapping) else None
+    trained_on = manifest.get("rlds_dir")
+    ids = list((record or {}).get("episode_ids") or [])
+    where = rlds_dir if rlds_dir is not None else ((record or {}).get("rlds_dir") or trained_on)
+    if ids and where:
+        # the recorded ids, looked up where the caller says the data is now (a moved or copied
+        # directory holds the same episodes) or where the trainer read them
+        found = select_episodes(where, ids, (record or {}).get("split"))
+        info: dict[str, Any] = {"source": "manifest", "rlds_dir": str(where), "recorded": len(ids)}
+        if len(found) < len(ids):
+            missing = [i for i in ids if i not in {ep.episode_id for ep in found}]
+            info["missing"] = missing
+            info["note"] = f"{len(missing)} of the {len(ids)} held-out episodes are not in {where}"
+        if found:
+            return found, info
+    if not where:
+        return [], {"source": "none", "note": "the candidate's manifest names no rlds_dir and none was given"}
+    episodes = tail_episodes(where, cfg.eval_tail_episodes)
+    if rlds_dir is not None and not _same_dir(rlds_dir, trained_on) and not ids:
+        return episodes, {"source": "given", "rlds_dir": str(where)}
+    why = "records no held-out episodes" if not ids else f"lists held-out episodes that are not in {where}"
+    note = (
+        f"the candidate's manifest {why}: judged on the newest {len(episodes)} episodes of {where}, "
+        "which it may have been trained on"
+    )
+    log.warning("gate: %s", note)
+    return episodes, {"source": "tail", "rlds_dir": str(where), "note": note}
+
+
+def load_gate_config(
+    model_root: str | os.PathLike,
+    fallback: SafetyGateConfig | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[SafetyGateConfig, str]:
+    """The gate config of a model store, and where it came from: every path that gates a
+    candidate of this store (``models promote``, ``POST /api/models/promote``, the adapter
+    trainer, the demo) calls this, so they all judge with the same thresholds.
+
+    ``<model_root>/gate_config.json`` (a :class:`SafetyGateConfig` as JSON) when it exists,
+    else ``fallback`` (the adapter job's ``safety`` section; the server's adaptation config),
+    else the defaults; then ``overrides`` (``--sim-env``, ``--sim-episodes``: this call only).
+    A file that does not parse raises :class:`~continuonbrain.config_base.ConfigError` naming it.
+    """
+    path = Path(model_root) / GATE_CONFIG_FILE
+    if path.is_file():
+        cfg, source = SafetyGateConfig.load(path), str(path)
+    elif fallback is not None:
+        cfg, source = fallback, "the job's config"
+    else:
+        cfg, source = SafetyGateConfig(), "defaults"
+    if overrides:
+        cfg = cfg.with_overrides({k: v for k, v in overrides.items() if v is not None})
+        source += " + " + ", ".join(sorted(k for k, v in overrides.items() if v is not None))
+    return cfg, source
+
+
+def write_gate_config(model_root: str | os.PathLike, cfg: SafetyGateConfig) -> Path:
+    """Write ``cfg`` as the store's gate config (what ``make demo`` does with its sim twin)."""
+    path = Path(model_root) / GATE_CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+    return path
+
+
 # --------------------------------------------------------------------------- the seed path
 
 
 def evaluate_candidate(
-    store: PromotionStore, rlds_dir: str | os.PathLike | None = None, cfg: SafetyGateConfig | None = None
+    store: PromotionStore,
+    rlds_dir: str | os.PathLike | None = None,
+    cfg: SafetyGateConfig | None = None,
+    *,
+    closed_loop: ClosedLoop | None = None,
 ) -> GateResult:
-    """Gate the candidate as a HOPE brain (seed, or seed + adapter) on the newest
-    ``eval_tail_episodes`` real episodes of ``rlds_dir`` (default: the manifest's)."""
+    """Gate the candidate as a HOPE brain (seed, or seed + adapter) on its held-out episodes
+    (:func:`manifest_held_out`), with the sim twin ``closed_loop`` when ``cfg.sim_env`` is set."""
     cfg = cfg or SafetyGateConfig()
+    info: dict[str, Any] = {}
 
     def episodes() -> list[Episode]:
-        where = rlds_dir
-        if where is None:
-            manifest = store.manifest("candidate") or {}  # verified by now
-            where = manifest.get("rlds_dir")
-        return tail_episodes(where, cfg.eval_tail_episodes) if where else []
+        manifest = store.manifest("candidate") or {}  # verified by now
+        found, where = manifest_held_out(manifest, cfg, rlds_dir)
+        info.update(where)
+        return found
 
-    return gate_candidate(store, episodes, cfg, hope_policy)
+    # held_out_info is filled in by episodes(), which gate_candidate calls before it records it
+    return gate_candidate(store, episodes, cfg, hope_policy, closed_loop=closed_loop, held_out_info=info)
 
 
 def promote_candidate(
@@ -415,12 +677,18 @@ def promote_candidate(
     rlds_dir: str | os.PathLike | None = None,
     cfg: SafetyGateConfig | None = None,
     max_history: int = 10,
+    *,
+    closed_loop: ClosedLoop | None = None,
+    config_source: str | None = None,
 ) -> tuple[GateResult, dict[str, Any]]:
     """Gate the candidate; promote it if it passes, set it aside if not. Returns the gate
-    result and the store's new description."""
+    result and the store's new description. ``cfg`` None: :func:`load_gate_config`."""
     store = PromotionStore(Path(model_root), max_history=max_history)
     if not store.slot("candidate").exists():
         raise StoreError(f"no candidate in {model_root}: nothing to promote")
-    result = evaluate_candidate(store, rlds_dir, cfg)
-    apply_gate(store, result, gate_record(result))
+    if cfg is None:
+        cfg, config_source = load_gate_config(model_root)
+    result = evaluate_candidate(store, rlds_dir, cfg, closed_loop=closed_loop)
+    extra = {"config_source": config_source} if config_source else {}
+    apply_gate(store, result, gate_record(result, **extra))
     return result, store.describe()

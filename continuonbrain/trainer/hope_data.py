@@ -26,7 +26,7 @@ resumable), and the state-vector rule, which is :meth:`HopeConfig.vector_keys
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,13 +37,14 @@ from continuonbrain.hope import HopeConfig
 from continuonbrain.rlds import Episode
 from continuonbrain.rlds.episode import ImageColumn
 from continuonbrain.rlds.windows import FastWindowDataset, MidTrajectoryDataset, WindowDataset, open_source
-from continuonbrain.trainer.episode_mix import EpochSource, training_stream
+from continuonbrain.trainer.episode_mix import EpochSource, ImaginedMix, read_source, training_stream
 from continuonbrain.trainer.train_config import ComponentTrainConfig, SequentialConfig
 
 __all__ = [
     "TrainingError",
     "batches",
     "episode_source",
+    "held_out_ids",
     "infer_model_config",
     "make_dataset",
     "observation_keys",
@@ -60,13 +61,38 @@ class TrainingError(RuntimeError):
     """Training cannot start or go on (no data, a missing dependency, a bad config)."""
 
 
-def episode_source(cfg: SequentialConfig) -> EpochSource:
+def held_out_ids(cfg: SequentialConfig) -> list[str]:
+    """The ids of the episodes the seed trainer holds out for the promotion gate, oldest first:
+    the newest ``holdout_episodes`` real episodes of ``rlds_dir`` (read order: names grow with
+    time; imagined episodes never count), but never more than a quarter of the real episodes,
+    so a small data set still trains on most of it (a set of 3 holds out none). One pass over
+    the directory with frames left encoded; only ids are kept."""
+    if cfg.holdout_episodes <= 0:
+        return []
+    ids: list[str] = []
+    for ep in read_source(cfg.rlds_dir, on_error="skip")():  # the training stream warns about bad ones
+        if not ep.is_imagined:
+            ids.append(ep.episode_id)
+    n = min(cfg.holdout_episodes, len(ids) // 4)
+    return ids[len(ids) - n :] if n else []
+
+
+def episode_source(cfg: SequentialConfig, held_out: Collection[str] = ()) -> EpochSource:
     """A re-iterable stream of the good episodes (bad ones are skipped with a warning): those
     of ``rlds_dir`` with the imagined ones of ``imagined_rlds_dirs`` mixed in, imagined
     episodes (from either) capped at ``max_imagined_fraction`` (see
-    :mod:`~continuonbrain.trainer.episode_mix`)."""
+    :mod:`~continuonbrain.trainer.episode_mix`). Episodes of ``rlds_dir`` whose id is in
+    ``held_out`` (:func:`held_out_ids`) are never in it: they are the gate's."""
     try:
-        return training_stream(cfg.rlds_dir, cfg.imagined_rlds_dirs, cfg.max_imagined_fraction, cfg.seed)
+        if not held_out:
+            return training_stream(cfg.rlds_dir, cfg.imagined_rlds_dirs, cfg.max_imagined_fraction, cfg.seed)
+        exclude, real = frozenset(held_out), read_source(cfg.rlds_dir)
+
+        def trained_on() -> Iterator[Episode]:
+            return (ep for ep in real() if ep.episode_id not in exclude)
+
+        imagined = [read_source(p) for p in cfg.imagined_rlds_dirs]
+        return ImaginedMix(trained_on, imagined, cfg.max_imagined_fraction, seed=cfg.seed)
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
 

@@ -78,7 +78,15 @@ from typing import Any
 
 import numpy as np
 
-from continuonbrain.models.promotion import apply_gate, gate_candidate, gate_record, hold_out
+from continuonbrain.models.promotion import (
+    ClosedLoop,
+    apply_gate,
+    gate_candidate,
+    gate_record,
+    held_out_record,
+    hold_out,
+    load_gate_config,
+)
 from continuonbrain.models.safety import (
     SafetyGateConfig,
 )
@@ -161,11 +169,16 @@ def maybe_run_local_training(
     *,
     resume: bool = False,
     stop_requested: Callable[[], bool] | None = None,
+    closed_loop: ClosedLoop | None = None,
 ) -> TrainerResult:
     """Run one adaptation if the gates allow it; see the module doc for the steps.
 
     ``hooks``: None means torch hooks for the HOPE seed (``build_torch_hooks()``).
-    ``safety_cfg``: None means the config's ``safety`` block. ``gating``: a
+    ``safety_cfg``: None means the store's gate config (``<model_root>/gate_config.json``,
+    as ``models promote`` and the API read it), else the config's ``safety`` block.
+    ``closed_loop``: the gate's sim twin runner
+    (:func:`continuonbrain.runtime.sim_twin.closed_loop_runner`, built by the caller: a gate
+    config naming a ``sim_env`` refuses the candidate without one). ``gating``: a
     :class:`~continuonbrain.robot.sensors.GatingSensors` reading, a callable returning one,
     or None to skip the start gates (a manual run). ``episode_loader``: ``(rlds_dir,
     max_episodes) -> episodes, oldest first`` (default :func:`make_episode_loader`; a loader
@@ -174,14 +187,18 @@ def maybe_run_local_training(
     manager streams them to the Robot Editor). ``resume``: continue the unfinished run in
     ``log_dir`` from its checkpoint (a fresh run when there is none). ``stop_requested``: polled
     after every step; true checkpoints and ends the run "interrupted". Never raises for a failed
-    run: the result says what happened, and ``status.json`` too.
+    run: the result says what happened, and ``status.json`` too (a ``gate_config.json`` that
+    does not parse raises :class:`~continuonbrain.config_base.ConfigError` naming it, before
+    anything runs).
     """
     if hooks is None:  # hooks_torch imports torch when the hooks are built: loaded only then
         from continuonbrain.trainer.hooks_torch import build_torch_hooks
 
         hooks = build_torch_hooks()
     loader = episode_loader or make_episode_loader(max_imagined_fraction=cfg.data.max_imagined_fraction)
-    run = _Run(cfg, hooks, safety_cfg or cfg.safety_config(), loader, on_event, resume, stop_requested)
+    # the store's gate_config.json, as models promote and the API read it, else the safety section
+    safety = safety_cfg or load_gate_config(cfg.model_root, cfg.safety_config())[0]
+    run = _Run(cfg, hooks, safety, loader, on_event, resume, stop_requested, closed_loop)
     return run.execute(gating)
 
 
@@ -222,8 +239,10 @@ class _Run:
         on_event: Callable[[dict[str, Any]], None] | None = None,
         resume: bool = False,
         stop_requested: Callable[[], bool] | None = None,
+        closed_loop: ClosedLoop | None = None,
     ) -> None:
         self.cfg, self.hooks, self.safety, self.loader = cfg, hooks, safety, loader
+        self.closed_loop = closed_loop  # the gate's sim twin, injected: trainer/ does not import runtime/
         self.on_event = on_event
         self.resume = resume
         self.stop_requested = stop_requested or (lambda: False)
@@ -359,6 +378,7 @@ class _Run:
                 "adapter": files.info,
                 "base_dir": str(cfg.base_dir()),
                 "episodes": res.episodes,
+                "held_out": held_out_record(cfg.rlds_dir, held_out),  # never trained on: the gate's
             },
         )
         self.state.clear()  # the candidate is in the store: nothing left to resume
@@ -576,6 +596,7 @@ class _Run:
             observation_keys=data.observation_keys,
             action_keys=data.action_keys,
             stub=hooks.is_stub,
+            closed_loop=self.closed_loop,
         )
         res.after_avg_action_delta = result.candidate.get("avg_action_delta")
         res.before_avg_action_delta = result.current.get("avg_action_delta") if result.current else None
@@ -685,13 +706,18 @@ def config_from_args(args: argparse.Namespace) -> LocalTrainerJobConfig:
     return LocalTrainerJobConfig.load(args.config, overrides)
 
 
-def run_command(args: argparse.Namespace) -> int:
+def run_command(
+    args: argparse.Namespace, sim_twin: Callable[[SafetyGateConfig], ClosedLoop | None] | None = None
+) -> int:
     """Exit 0: promoted, dry run, skipped, no data or interrupted (resumable); 1: the gate
-    rejected; 2: could not run. SIGTERM (the API's stop) checkpoints and ends the run interrupted."""
+    rejected; 2: could not run. SIGTERM (the API's stop) checkpoints and ends the run interrupted.
+    ``sim_twin``: builds the gate's closed-loop runner from the gate config (``continuonbrain
+    adapt`` passes :func:`continuonbrain.runtime.sim_twin.closed_loop_runner`)."""
     import signal
 
     try:
         cfg = config_from_args(args)
+        safety, _ = load_gate_config(cfg.model_root, cfg.safety_config())
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -711,11 +737,12 @@ def run_command(args: argparse.Namespace) -> int:
         result = maybe_run_local_training(
             cfg,
             hooks,
-            cfg.safety_config(),
+            safety,
             gating=gating,
             on_event=events,
             resume=bool(getattr(args, "resume", False)),
             stop_requested=lambda: bool(stopped),
+            closed_loop=sim_twin(safety) if sim_twin is not None else None,
         )
     if args.json:
         sys.stdout.write(json.dumps(result.to_dict(), default=json_default) + "\n")

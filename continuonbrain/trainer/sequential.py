@@ -111,6 +111,7 @@ from continuonbrain.trainer.hope_data import (
     TrainingError,
     batches,
     episode_source,
+    held_out_ids,
     infer_model_config,
     make_dataset,
     observation_keys,
@@ -272,7 +273,10 @@ class SequentialTrainer:
                     f.unlink()
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         ranks.barrier()  # the others look at components/ only once stale files are gone
-        source = episode_source(cfg)
+        if "held_out" not in state:  # a resumed run keeps its split, whatever was recorded since
+            state["held_out"] = held_out_ids(cfg) if ranks.is_main else []
+        state["held_out"] = ranks.broadcast(state["held_out"])
+        source = episode_source(cfg, state["held_out"])
         hope_cfg = infer_model_config(cfg, source)
         self._check_order(hope_cfg)
         state["hope_config"] = hope_cfg.to_dict()
@@ -528,7 +532,12 @@ class SequentialTrainer:
             parent=current["version"] if current else None,
             metrics={n: state["components"][n] for n in done},
             # rlds_dir: what the promotion gate holds its tail out of (and `imagine` starts from)
-            extra={"rlds_dir": self.cfg.rlds_dir, "imagined_rlds_dirs": list(self.cfg.imagined_rlds_dirs)},
+            extra={
+                "rlds_dir": self.cfg.rlds_dir,
+                "imagined_rlds_dirs": list(self.cfg.imagined_rlds_dirs),
+                # the episodes never trained on: the gate compares candidate and current on these
+                "held_out": {"rlds_dir": self.cfg.rlds_dir, "split": None, "episode_ids": state.get("held_out", [])},
+            },
         )
 
     def _summary(self, state: dict[str, Any]) -> dict[str, Any]:

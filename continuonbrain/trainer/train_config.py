@@ -141,6 +141,13 @@ class SequentialConfig(ConfigModel):
     Episodes there that are not marked imagined are skipped. Imagined episodes may also sit in
     ``rlds_dir`` itself; they are then capped in directory order, so a separate directory is
     the better place."""
+    holdout_episodes: int = Field(8, ge=0)
+    """The newest real episodes of ``rlds_dir`` held out for the promotion gate and never
+    trained on (at most a quarter of the real episodes; imagined ones never count). Their ids
+    go into the candidate's manifest (``held_out``), where the gate reads them: candidate and
+    current are compared on exactly those. Kept across ``--resume`` (``state.json``), so
+    episodes recorded meanwhile do not move the split. 0: none (the gate then falls back to
+    the newest episodes, which were training data, and says so)."""
     normalizer_episodes: int = Field(200, ge=1)
     """Episodes sampled to fit the observation normaliser."""
     min_available_mb: float | None = Field(300.0, gt=0)

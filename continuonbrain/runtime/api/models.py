@@ -5,16 +5,20 @@ served brain on the live ``/api/infer`` traffic, never actuated; see
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import HTTPException, Query
 
+from continuonbrain.models.safety import SafetyGateConfig
 from continuonbrain.models.store import StorageError, StoreError
-from continuonbrain.runtime.api.context import AUTH, Ctx, brief
+from continuonbrain.runtime.api.context import AUTH, ApiContext, Ctx, brief
 from continuonbrain.runtime.api.errors import area_router, error_responses, io_error
 from continuonbrain.runtime.api_models import RollbackRequest, ShadowRequest, ShadowStatus
 from continuonbrain.runtime.brain_service import NoShadowError, ShadowConflictError
+from continuonbrain.trainer.lora_config import LocalTrainerJobConfig
 
+log = logging.getLogger(__name__)
 router = area_router()
 
 
@@ -30,10 +34,15 @@ def models(ctx: Ctx, audit: int = Query(default=50, ge=0, le=10_000)) -> dict[st
     return info
 
 
-@router.post("/api/models/promote", dependencies=AUTH, responses=error_responses(401, 409, 507))
+@router.post("/api/models/promote", dependencies=AUTH, responses=error_responses(401, 409, 422, 507))
 def promote(ctx: Ctx) -> dict[str, Any]:
-    """Gate the candidate (shadow evaluation, action-distance and bounds guards); promote it if it passes."""
-    from continuonbrain.models.promotion import promote_candidate  # the gate (not the training loop)
+    """Gate the candidate (paired shadow comparison on its held-out episodes, bounds, the sim
+    twin and the shadow window where configured: the gate of ``continuonbrain models
+    promote``); promote it if it passes. The gate config is the store's ``gate_config.json``,
+    else the ``safety`` section of the server's adaptation config (what its adapt jobs gate
+    with), else the defaults."""
+    from continuonbrain.models.promotion import load_gate_config, promote_candidate  # the gate (not the training loop)
+    from continuonbrain.runtime.sim_twin import check_sim_env, closed_loop_runner
 
     jobs = ctx.jobs
     if jobs.running() and jobs.job is not None and jobs.job.kind == "adapt":
@@ -41,7 +50,15 @@ def promote(ctx: Ctx) -> dict[str, Any]:
     if not ctx.store_lock.acquire(blocking=False):
         raise HTTPException(409, "a promotion or rollback is already in progress")
     try:
-        result, info = promote_candidate(ctx.model_root, rlds_dir=ctx.rlds_dir)
+        cfg, source = load_gate_config(ctx.model_root, fallback=_adapt_safety(ctx))
+        check_sim_env(cfg)
+    except ValueError as exc:  # gate_config.json does not parse, or its sim twin cannot be made
+        ctx.store_lock.release()
+        raise HTTPException(422, str(exc)) from None
+    try:
+        result, info = promote_candidate(
+            ctx.model_root, rlds_dir=ctx.rlds_dir, cfg=cfg, closed_loop=closed_loop_runner(cfg), config_source=source
+        )
     except StorageError as exc:  # nothing half-written is left: the store cleaned up
         raise HTTPException(507 if exc.disk_full else 500, str(exc)) from None
     except StoreError as exc:
@@ -59,6 +76,16 @@ def promote(ctx: Ctx) -> dict[str, Any]:
         "current": brief(info["current"]),
         "candidate": brief(info["candidate"]),
     }
+
+
+def _adapt_safety(ctx: ApiContext) -> SafetyGateConfig | None:
+    """The ``safety`` section of the server's adaptation config (None when it cannot be read:
+    the defaults then apply, as they would for ``models promote``)."""
+    try:
+        return LocalTrainerJobConfig.load(ctx.adapt_config).safety_config()
+    except (OSError, ValueError) as exc:
+        log.warning("adaptation config %s cannot be read (%s): default gate config", ctx.adapt_config, exc)
+        return None
 
 
 @router.post("/api/models/rollback", dependencies=AUTH, responses=error_responses(401, 404, 409, 422, 507))
