@@ -17,8 +17,8 @@ How it works, and why:
   last good brain keeps driving. Donkeycar's own ``FileWatcher`` reloads any changed model
   file unchecked; this part never needs it.
 * **The loop thread.** ``run`` executes in Donkeycar's drive loop, not as a ``threaded`` part
-  with ``update``/``run_threaded``: one act is a few milliseconds on a 160x120 frame (budget in
-  BENCHMARKS.md), well inside the 50 ms of a 20 Hz loop, and acting on the frame of *this*
+  with ``update``/``run_threaded``: one act is a few milliseconds on a 160x120 frame (BENCHMARKS.md,
+  "Donkeycar part in a real vehicle loop"), well inside the 50 ms of a 20 Hz loop, and acting on the frame of *this*
   loop keeps the control delay at one tick, where a background thread would act on a frame
   up to one loop old and add a lock. Loading a new version happens in the service's watcher
   thread, never in ``run``.
@@ -90,7 +90,8 @@ class ContinuonPilot:
     the model's image key that ``img_arr`` is (None: the model's only image key).
     ``input_keys``: the model's state keys that the further inputs are, in order (None: the
     model's ``state_keys`` in their order). ``backend``, ``watch_interval_s``, ``torch_threads``:
-    the :class:`BrainService`'s. ``reset_after_s``: a pause after which the recurrent state
+    the :class:`BrainService`'s (``torch_threads`` is set for the whole process, one by default:
+    a batch of one gains nothing from more, and the car's other parts need the second core). ``reset_after_s``: a pause after which the recurrent state
     starts over. ``log_every_s``: how often a repeated stop reason is logged again.
     """
 
