@@ -30,6 +30,12 @@ The stream depends on the epoch, so the source is an :class:`EpochSource`: the w
 datasets call ``iter_episodes(epoch)`` (see :func:`~continuonbrain.rlds.windows.open_source`),
 which keeps a resumed run's data exactly that of an uninterrupted one, and calling it
 (``source()``) gives epoch 0, for shape inference and normaliser fitting.
+
+**Rehearsal** (the adapter trainer's replay set, :func:`rehearsal_mix`): the run's own episodes
+and replay episodes of the seed's task interleaved by the window mixer
+(:class:`~continuonbrain.rlds.windows.MixedSource`), weighted so that ``share`` of the
+training *windows* (steps: Fast windows end at every step) come from replay, and one epoch is
+about one pass over the run's own episodes.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ __all__ = [
     "ImaginedMix",
     "newest",
     "read_source",
+    "rehearsal_mix",
     "select",
     "training_stream",
 ]
@@ -221,3 +228,34 @@ def select(episodes: Iterable[Episode], ids: Sequence[str]) -> list[Episode]:
     if missing:
         raise KeyError(f"{len(missing)} episode(s) are gone, e.g. {missing[0]!r}")
     return [found[i] for i in ids]
+
+
+def rehearsal_mix(
+    episodes: Sequence[Episode], replay: Sequence[Episode], share: float, seed: int = 0
+) -> Sequence[Episode] | EpisodeSource:
+    """The adapter's training source: ``episodes`` (the new task) with ``replay`` (the seed's
+    task) mixed in so that ``share`` of the windows are replay windows.
+
+    Without replay or with ``share`` 0 this is ``episodes`` itself. Otherwise the two lists go
+    to :class:`~continuonbrain.rlds.windows.MixedSource` (seeded with ``(seed, epoch)``: a
+    resumed run sees the same stream) with episode weights divided by each list's mean length
+    (its weights count episodes; a replay set of longer episodes would otherwise bring more
+    than ``share`` of the windows), cycling both, and an epoch of as many draws as bring each
+    new episode about once. Why episodes are interleaved rather than appended: the windows of
+    an epoch come in episode order through a bounded shuffle buffer, so appended replay
+    episodes would give batches of the new task only, then of the old one only.
+    """
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"replay share must be in [0, 1), got {share}")
+    if not replay or share == 0.0 or not episodes:
+        return list(episodes)
+
+    def mean_len(eps: Sequence[Episode]) -> float:
+        return max(1.0, float(np.mean([len(ep) for ep in eps])))
+
+    w_new, w_replay = (1.0 - share) / mean_len(episodes), share / mean_len(replay)
+    p_new = w_new / (w_new + w_replay)
+    per_epoch = max(len(episodes) + 1, round(len(episodes) / p_new))
+    return _windows().MixedSource(
+        [(list(episodes), w_new), (list(replay), w_replay)], seed=seed, episodes_per_epoch=per_epoch
+    )

@@ -211,13 +211,13 @@ class TorchLoRAHooks(ModelHooks):
                 )
             obs_keys = model.config.vector_keys(obs_keys)  # the seed's rule, as in sequential training
             if model.uses_mid:
-                _attach_mid_context(model, episodes, obs_keys, cfg.data.action_keys)
+                _attach_mid_context(model, [*episodes, *job.replay_episodes], obs_keys, cfg.data.action_keys)
         if self.loss_fn is None and not self.is_hope:
             raise AdaptationError("error", "a model from base_model_loader needs a loss_fn(model, batch)")
         self.model = model
         train = cfg.training
         self.optimizer = torch.optim.AdamW(self.params, lr=train.learning_rate, weight_decay=train.weight_decay)
-        self.dataset = self._dataset(episodes, obs_keys)
+        self.dataset = self._dataset(job.training_source(), obs_keys)
         self.batches = self._batches(0)
         job.log_event(
             {
@@ -228,8 +228,9 @@ class TorchLoRAHooks(ModelHooks):
             }
         )
 
-    def _dataset(self, episodes: list[Any], obs_keys: list[str] | None) -> Any:
-        """Fast windows of the training episodes (a new shuffle each epoch)."""
+    def _dataset(self, episodes: Any, obs_keys: list[str] | None) -> Any:
+        """Fast windows of the training source (the run's episodes, replay ones mixed in; a
+        new shuffle and mixing order each epoch)."""
         from continuonbrain.rlds.windows import FastWindowDataset
 
         assert self.job is not None

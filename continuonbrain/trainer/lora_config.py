@@ -17,6 +17,7 @@ The fields are grouped into sections::
     lora       layers, rank, alpha, dropout
     guards     per_key_bounds, numeric_abs_limit, delta_weight   (the gate's default guards)
     safety     avg_action_delta_threshold, max_eval_steps, eval_tail_episodes, ...   (the gate's SafetyGateConfig)
+    replay     rlds_dir, share, holdout_episodes, max_episodes   (rehearsal of the seed's task, the forgetting check)
     store      max_history, keep_logs
     gates      min_battery, max_temp_c, require_idle, min_new_episodes, robot_state_file (start gates)
 
@@ -45,11 +46,19 @@ from continuonbrain.robot.gates import GatingConfig
 from continuonbrain.robot.sensors import DEFAULT_STATE_FILE
 from continuonbrain.trainer.train_config import ThermalConfig
 
-__all__ = ["LEGACY_KEYS", "PATH_FIELDS", "LocalTrainerJobConfig", "parse_set"]
+__all__ = ["LEGACY_KEYS", "PATH_FIELDS", "LocalTrainerJobConfig", "ReplaySection", "parse_set"]
 
 #: Fields holding paths (dotted): relative ones resolve against the config file (JSON) or the
 #: working directory (command-line overrides).
-PATH_FIELDS = ("rlds_dir", "model_root", "log_dir", "base_model_path", "thermal.sysfs_root", "gates.robot_state_file")
+PATH_FIELDS = (
+    "rlds_dir",
+    "model_root",
+    "log_dir",
+    "base_model_path",
+    "thermal.sysfs_root",
+    "gates.robot_state_file",
+    "replay.rlds_dir",
+)
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -163,6 +172,38 @@ class GuardsSection(ConfigModel):
         return bounds
 
 
+class ReplaySection(ConfigModel):
+    """What the brain could already do: a replay set kept from the seed's data.
+
+    An adapter trained only on a new task forgets the old one (the demo's adapter, trained on
+    targets behind the robot, reached 26% of ordinary reach2d targets against the seed's 100%).
+    So every run keeps a replay set: episodes of the data the seed was trained on, never the
+    run's own episodes. A share of them is mixed into the adaptation's batches (rehearsal), and
+    the newest ``holdout_episodes`` of them are never trained on: the gate runs candidate and
+    current on them too (``checks["forgetting"]``), so an adapter that forgets is rejected.
+    No replay data found (a base without a recorded ``rlds_dir``, a directory that is gone) is
+    not an error when ``rlds_dir`` is null: the run says so in its result and its gate record.
+    """
+
+    config_name: ClassVar[str] = "LocalTrainerJobConfig.replay"
+
+    rlds_dir: PathStr | None = None
+    """Where the replay episodes are. Null: the base model's manifest says where the seed's data
+    is (``replay.rlds_dir`` recorded by an earlier adaptation, else the seed's ``rlds_dir``).
+    Episodes the run adapts on (same ids) are never replay episodes, so this may be the robot's
+    one episode directory. Given explicitly, a directory with no usable episode is an error."""
+    share: float = Field(0.25, ge=0.0, lt=1.0)
+    """Fraction of the training windows drawn from replay episodes (rehearsal); 0: none (the
+    forgetting check still runs). 0.25, measured on the demo's setup (BENCHMARKS.md,
+    "Rehearsal: adaptation without forgetting"): PLACEHOLDER"""
+    holdout_episodes: int = Field(8, ge=0)
+    """Newest replay episodes held out for the gate's forgetting check, never trained on
+    (the seed's own held-out episodes first, when its manifest lists them); 0: no check."""
+    max_episodes: int = Field(64, ge=1)
+    """Replay episodes trained on at most (the newest, after the held-out ones): bounded memory
+    (episodes stay lazy, frames encoded) whatever the seed's data on the SD card."""
+
+
 class StoreSection(ConfigModel):
     """What is kept."""
 
@@ -258,6 +299,7 @@ class LocalTrainerJobConfig(ConfigModel):
     guards: GuardsSection = Field(default_factory=GuardsSection)
     safety: SafetyGateConfig = Field(default_factory=SafetyGateConfig)
     """The gate's thresholds (the Python API may pass a ``SafetyGateConfig`` argument instead)."""
+    replay: ReplaySection = Field(default_factory=ReplaySection)
     store: StoreSection = Field(default_factory=StoreSection)
     gates: GatesSection = Field(default_factory=GatesSection)
 

@@ -10,17 +10,21 @@ state (:meth:`ModelHooks.state_dict`) and take it back after a kill (:meth:`Mode
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from continuonbrain.fsutil import atomic_write_bytes
 from continuonbrain.models.safety import ActionDistance, Violates
 from continuonbrain.rlds import Episode
+from continuonbrain.trainer.episode_mix import rehearsal_mix
 from continuonbrain.trainer.lora_config import LocalTrainerJobConfig
+
+if TYPE_CHECKING:
+    from continuonbrain.rlds.windows import EpisodeSource
 
 __all__ = [
     "STUB_FILE",
@@ -61,6 +65,15 @@ class AdaptationJob:
     #: This run continues a killed one: ``load_state_dict`` follows ``start``, and what the
     #: killed run put in ``workdir`` (the seed snapshot) is to be used as it is.
     resuming: bool = False
+    #: Episodes of the seed's task rehearsed during adaptation (the replay set, held-out ones
+    #: excluded), and the share of training windows they make up (``replay.share``).
+    replay_episodes: list[Episode] = field(default_factory=list)
+    replay_share: float = 0.0
+
+    def training_source(self) -> Sequence[Episode] | EpisodeSource:
+        """What the hooks train on: the run's episodes with the replay episodes mixed in
+        (:func:`~continuonbrain.trainer.episode_mix.rehearsal_mix`, the one mixer)."""
+        return rehearsal_mix(self.train_episodes, self.replay_episodes, self.replay_share, self.cfg.seed)
 
 
 @dataclass
@@ -150,6 +163,8 @@ class StubHooks(ModelHooks):
     def __init__(self, rate: float = 0.1):
         self.rate = rate
         self._actions: np.ndarray | None = None
+        self._replay: np.ndarray | None = None
+        self._share = 0.0
         self._mean: np.ndarray | None = None
         self._rng = np.random.default_rng(0)
         self._batch = 1
@@ -161,6 +176,9 @@ class StubHooks(ModelHooks):
         if not rows or sum(len(r) for r in rows) == 0:
             raise AdaptationError("no_data", "the training episodes have no steps")
         self._actions = np.concatenate(rows).astype(np.float64)
+        replay = [ep.action_vector(keys) for ep in job.replay_episodes]
+        self._replay = np.concatenate(replay).astype(np.float64) if replay and job.replay_share > 0 else None
+        self._share = job.replay_share
         self._mean = np.zeros(self._actions.shape[1])
         self._rng = np.random.default_rng(job.cfg.seed)
         self._batch = job.cfg.training.batch_size
@@ -169,6 +187,9 @@ class StubHooks(ModelHooks):
     def train_step(self) -> dict[str, float]:
         assert self._actions is not None and self._mean is not None
         batch = self._actions[self._rng.integers(len(self._actions), size=self._batch)]
+        if self._replay is not None:  # rehearsal: ``replay_share`` of the rows from the replay set
+            n = round(self._share * self._batch)
+            batch[:n] = self._replay[self._rng.integers(len(self._replay), size=n)]
         loss = float(((batch - self._mean) ** 2).mean())
         self._mean += self.rate * (batch.mean(0) - self._mean)
         self._steps += 1
@@ -204,7 +225,7 @@ class StubHooks(ModelHooks):
         self._steps = int(state["steps"])
 
     def close(self) -> None:
-        self._actions = None
+        self._actions = self._replay = None
 
 
 def build_stub_hooks() -> StubHooks:

@@ -78,6 +78,9 @@ class TrainerResult:
     #: The start gates' decision and live values (when gating was given).
     gating: dict[str, Any] | None = None
     adapter: dict[str, Any] | None = None
+    #: The replay set (:meth:`~continuonbrain.trainer.replay.ReplaySet.describe`): where it came
+    #: from, the share rehearsed, how many were trained on, the held-out ids, or why there is none.
+    replay: dict[str, Any] | None = None
     resumed_from_step: int | None = None
     log_path: str | None = None
     status_path: str | None = None
@@ -104,6 +107,7 @@ def write_status(res: TrainerResult, log_dir: Path, model_root: Path) -> Path:
         "initial_loss": res.initial_loss,
         "final_loss": res.final_loss,
         "avg_action_delta": {"current": res.before_avg_action_delta, "candidate": res.after_avg_action_delta},
+        "replay": res.replay,
         "candidate_version": res.candidate_version,
         "wall_time_s": res.wall_time_s,
         "peak_rss_mb": res.peak_rss_mb,
