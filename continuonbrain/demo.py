@@ -123,9 +123,29 @@ def _adapt(shifted_dir: Path, workdir: Path) -> Any:
             bar.set_postfix(loss=f"{event['loss']:.4f}")
 
     try:
-        return maybe_run_local_training(cfg, on_event=progress)
+        # the one gate with the store's gate config (the sim twin of the live task included)
+        return maybe_run_local_training(cfg, on_event=progress, closed_loop=_sim_twin(workdir / "models", cfg.safety))
     finally:
         bar.close()
+
+
+def _gate_config(models: Path) -> Any:
+    """The store's gate config: written once with a sim twin of the live task (what the Robot
+    Editor's arm runs: ``reach2d``, unseen seeds), so the seed's gate, the adapter's and a
+    later ``models promote`` or Robot Editor promotion all judge closed-loop on that task."""
+    from continuonbrain.models.promotion import GATE_CONFIG_FILE, load_gate_config, write_gate_config
+    from continuonbrain.models.safety import SafetyGateConfig
+
+    if not (models / GATE_CONFIG_FILE).is_file():
+        write_gate_config(models, SafetyGateConfig(sim_env=DEMO_ENV, sim_episodes=20, sim_seed=EVAL_SEED))
+    return load_gate_config(models)
+
+
+def _sim_twin(models: Path, fallback: Any = None) -> Any:
+    from continuonbrain.models.promotion import load_gate_config
+    from continuonbrain.runtime.sim_twin import closed_loop_runner
+
+    return closed_loop_runner(load_gate_config(models, fallback)[0])
 
 
 def _evaluate(models: Path, env_kwargs: dict[str, Any] | None, cache: dict[str, Any], key: str) -> dict[str, Any]:
@@ -203,7 +223,10 @@ def run_demo(workdir: Path, serve: bool = True, port: int = 8080) -> int:
             loss = f"loss {c['initial_loss']:.3f} -> {c['final_loss']:.3f}"
             rows.append((f"trained {name}", f"{c['steps']} steps, {loss}, {c['wall_time_s']:.0f} s"))
         print("[6/9] gating the candidate (shadow evaluation on held-out episodes) and promoting it")
-        gate, _ = promote_candidate(models, rlds_dir=episodes_dir)
+        gate_cfg, source = _gate_config(models)
+        gate, _ = promote_candidate(
+            models, rlds_dir=episodes_dir, cfg=gate_cfg, closed_loop=_sim_twin(models), config_source=source
+        )
         rows.append(("seed gate", ("promoted" if gate.passed else "REJECTED") + f": {gate.reason}"))
         if not gate.passed:
             print(f"the seed was rejected by the gate ({gate.reason}); see {models / 'audit.jsonl'}")
