@@ -102,8 +102,10 @@ def test_two_ranks_train_every_component_to_identical_replicas(ddp_run: Path) ->
         assert len(c["episodes_per_rank"]) == 2 and min(c["episodes_per_rank"]) > 0, (name, c)
         assert c["episodes_shared_between_ranks"] == 0, (name, c)
         assert sum(c["episodes_per_rank"]) <= 60
-    # The Mid loop cycles through its shards many times in 15 steps: all 60 episodes, 30 per rank.
-    assert summary["components"]["mid_loop"]["episodes_per_rank"] == [30, 30]
+    # The Mid loop cycles through its shards many times in 15 steps: all 52 training episodes
+    # (the newest 8 of the 60 are held out for the gate), 26 per rank.
+    assert summary["components"]["mid_loop"]["episodes_per_rank"] == [26, 26]
+    assert len(json.loads((models / "candidate" / "manifest.json").read_text())["held_out"]["episode_ids"]) == 8
 
     # Only rank 0 writes: one metrics line per step, not one per rank.
     fast = [r for r in read_events(run_dir) if r.get("component") == "fast_loop" and "loss" in r]
