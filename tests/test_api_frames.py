@@ -84,6 +84,7 @@ def test_png_jpeg_and_nested_lists_of_one_frame(client: httpx.Client, frames: li
     png = act(client, b64(encode(frame, "PNG")))
     assert png == lists  # lossless: the very same pixels
     assert act(client, "data:image/png;base64," + b64(encode(frame, "PNG"))) == lists  # a browser's data URL
+    assert act(client, base64.encodebytes(encode(frame, "PNG")).decode()) == lists  # `base64` CLI: 76-char lines
 
     jpeg_bytes = encode(frame, "JPEG", quality=95)
     jpeg = act(client, b64(jpeg_bytes))

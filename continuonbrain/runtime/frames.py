@@ -92,7 +92,8 @@ def decode_base64_image(key: str, text: str, shape: tuple[int, int, int], *, max
             f"{_where(key)}: the base64 image is {len(text)} characters, more than the server's "
             f"max_image_b64_bytes={max_chars}"
         )
-    payload = _DATA_URL.sub("", text, count=1)
+    # Line breaks are what `base64` writes without -w0 (every 76 characters): not an error.
+    payload = "".join(_DATA_URL.sub("", text, count=1).split())
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
