@@ -54,6 +54,7 @@ __all__ = [
     "manifest_sha256",
     "read_shadow_record",
     "shadow_verdict",
+    "window_verdict",
     "write_shadow_record",
 ]
 
@@ -93,9 +94,11 @@ class ShadowConfig(ConfigModel):
     """Ticks the shadow could not keep up with (the queue was full) may be at most this share
     of all ticks offered: a dropped tick is an observation the candidate's recurrent state never
     saw, so with many of them the comparison is not of the trajectory the robot drove."""
-    queue_size: int = Field(1024, ge=1, le=1 << 20)
-    """Ticks waiting for the shadow worker at most; beyond it ticks are dropped and counted,
-    never waited for (the served answer must not wait for the shadow)."""
+    buffer_bytes: int = Field(1 << 20, ge=4096, le=64 << 20)
+    """Socket buffer for ticks on their way to the shadow worker (a 10-number tick is ~70 bytes:
+    1 MiB holds ~10,000 of them, more than a minute at 100 Hz; the kernel may cap it at
+    ``net.core.wmem_max``). A tick that finds it full is dropped and counted, never waited for
+    (the served answer must not wait for the shadow)."""
     reservoir_size: int = Field(65536, ge=16, le=1 << 24)
     """Values kept for the percentiles: exact up to this many ticks, a uniform sample beyond."""
     max_sessions: int = Field(64, ge=1, le=4096)
@@ -213,33 +216,41 @@ class ShadowStats:
         }
 
     def verdict(self, config: ShadowConfig, *, complete: bool, dropped: int = 0) -> tuple[bool, str]:
-        """``(passed, reason)``: a window passes when it is complete, compared at least
-        ``min_ticks`` ticks, saw no bound violation, no non-finite action and no error, dropped
-        at most ``max_dropped_fraction`` of the ticks, and its p95 distance is within
-        ``max_p95_action_distance``. The reason names the first rule broken, with values."""
-        p95 = self._distance.percentile(95)
-        offered = self.ticks + dropped
-        if not complete:
-            return False, f"the window did not complete ({self.ticks} ticks compared)"
-        if self.ticks < config.min_ticks:
-            return False, f"only {self.ticks} ticks compared, fewer than min_ticks={config.min_ticks}"
-        if self.errors:
-            return False, f"{self.errors} candidate acts raised (first: {self.first_error})"
-        if self.non_finite:
-            return False, f"{self.non_finite} non-finite candidate actions ({self.first_violation})"
-        if self.bound_violations:
-            return False, f"{self.bound_violations} bound violations (first: {self.first_violation})"
-        if offered and dropped > config.max_dropped_fraction * offered:
-            return False, (
-                f"{dropped} of {offered} ticks dropped ({dropped / offered:.1%}), more than "
-                f"max_dropped_fraction={config.max_dropped_fraction:g}"
-            )
-        if p95 is None or p95 > config.max_p95_action_distance:
-            return (
-                False,
-                f"p95 action distance {_fmt(p95)} > max_p95_action_distance {config.max_p95_action_distance:g}",
-            )
-        return True, f"p95 action distance {_fmt(p95)} <= {config.max_p95_action_distance:g} over {self.ticks} ticks"
+        """:func:`window_verdict` of this window's :meth:`summary`."""
+        return window_verdict(self.summary(), config, complete=complete, dropped=dropped)
+
+
+def window_verdict(
+    summary: Mapping[str, Any], config: ShadowConfig, *, complete: bool, dropped: int = 0
+) -> tuple[bool, str]:
+    """``(passed, reason)`` of a window's :meth:`ShadowStats.summary`: it passes when it is
+    complete, compared at least ``min_ticks`` ticks, saw no bound violation, no non-finite
+    action and no error, dropped at most ``max_dropped_fraction`` of the ticks offered, and its
+    p95 distance is within ``max_p95_action_distance``. The reason names the first rule broken,
+    with values. (A function of the summary, so the process that counted the ticks and the one
+    that judges them need not be the same.)"""
+    ticks = int(summary.get("ticks") or 0)
+    p95 = summary.get("p95_action_distance")
+    offered = ticks + dropped
+    if not complete:
+        return False, f"the window did not complete ({ticks} ticks compared)"
+    if ticks < config.min_ticks:
+        return False, f"only {ticks} ticks compared, fewer than min_ticks={config.min_ticks}"
+    if summary.get("errors"):
+        return False, f"{summary['errors']} candidate acts raised (first: {summary.get('first_error')})"
+    if summary.get("non_finite"):
+        return False, f"{summary['non_finite']} non-finite candidate actions ({summary.get('first_violation')})"
+    if summary.get("bound_violations"):
+        return False, f"{summary['bound_violations']} bound violations (first: {summary.get('first_violation')})"
+    if offered and dropped > config.max_dropped_fraction * offered:
+        return False, (
+            f"{dropped} of {offered} ticks dropped ({dropped / offered:.1%}), more than "
+            f"max_dropped_fraction={config.max_dropped_fraction:g}"
+        )
+    limit = config.max_p95_action_distance
+    if p95 is None or p95 > limit:
+        return False, f"p95 action distance {_fmt(p95)} > max_p95_action_distance {limit:g}"
+    return True, f"p95 action distance {_fmt(p95)} <= {limit:g} over {ticks} ticks"
 
 
 # --------------------------------------------------------------------------- the record

@@ -59,6 +59,12 @@ How it is built, and why:
   **A new model version resets every session's state** (lazily, at the session's next call):
   a recurrent state is a point in one model's hidden space and means nothing to another.
   :attr:`ActResult.fresh_state` tells the caller when its state started over.
+* **Shadow mode.** :meth:`start_shadow` runs the candidate beside the served brain on every
+  :meth:`act` (:mod:`continuonbrain.runtime.shadow`): ``act`` computes its answer as always and
+  then, inside the session's lock, sends the tick to a worker process without waiting (a
+  full buffer drops the tick and counts it). The shadow ends on its window, on
+  :meth:`stop_shadow`, and when the served brain (:meth:`_publish`) or the candidate (the
+  watcher's stat of its manifest) changes; its record is ``<model_root>/shadow.json``.
 * **Threads.** The API serves requests from a thread pool. One session's calls are
   serialised by that session's lock (its state is updated in place); different sessions run
   in parallel (numpy and torch release the GIL in their kernels). The only lock shared by
@@ -68,10 +74,12 @@ How it is built, and why:
 Import rule (README "Layout of the code"): ``runtime``
 imports ``hope``, ``models`` (the store) and ``robot``, never the training loop.
 
-Why one module of 795 lines: it is one class, :class:`BrainService`, whose loading, watching,
+Why one module of 1001 lines: it is one class, :class:`BrainService`, whose loading, watching,
 fallback, integrity checks and sessions all work on the same published ``_Loaded`` record and
-locks described above. Split candidate: the session table (``_session``, ``_make_room``,
-``_drop_expired``, ``_release_idle_sessions``) as a small class of its own.
+locks described above; shadow mode adds only its start, stop and the two hooks (``act``,
+``_publish``), its machinery lives in :mod:`continuonbrain.runtime.shadow`. Split candidate:
+the session table (``_session``, ``_make_room``, ``_drop_expired``, ``_release_idle_sessions``)
+as a small class of its own.
 """
 
 from __future__ import annotations
@@ -349,7 +357,7 @@ class BrainService:
             session.ticks += 1
             shadow = self._shadow
             if shadow is not None and shadow.served is loaded:  # in the lock: ticks queue in session order
-                shadow.offer(sid, _frozen(obs, observation), np.array(action, np.float32), fresh)
+                shadow.offer(sid, obs, action, fresh)  # encoded and sent at once, never waited for
         if action.dtype != np.float32:
             action = action.astype(np.float32)
         return ActResult(action, loaded.version, (time.perf_counter() - t0) * 1e6, sid, fresh)
@@ -730,10 +738,12 @@ class BrainService:
         until ``window_ticks`` ticks are compared or ``window_s`` seconds pass, whichever comes
         first (neither: the config's ``window_ticks``). Returns the status.
 
-        The candidate is verified, loaded and smoke-tested exactly as a served version is
-        (:meth:`_load`), and must take the served brain's observations and give actions of the
-        same size. Raises :class:`ShadowConflictError` when that fails or a shadow runs already,
-        ``ValueError`` for a window out of the config's bounds.
+        The candidate is verified, loaded and smoke-tested here exactly as a served version is
+        (:meth:`_load`), so that a bad one is refused at once with its reason, and must take the
+        served brain's observations and give actions of the same size; then it runs in a worker
+        process (:mod:`continuonbrain.runtime.shadow`), which verifies it again. Raises
+        :class:`ShadowConflictError` when that fails or a shadow runs already, ``ValueError``
+        for a window out of the config's bounds.
         """
         cfg = self.shadow_config
         if window_ticks is not None and not 1 <= window_ticks <= cfg.max_window_ticks:
@@ -749,7 +759,7 @@ class BrainService:
             if running is not None and running.active:
                 raise ShadowConflictError(
                     f"a shadow of candidate {running.base['candidate_version']} is running "
-                    f"({running.stats.ticks} ticks); stop it first (DELETE /api/models/shadow)"
+                    f"({running.ticks} ticks); stop it first (DELETE /api/models/shadow)"
                 )
             served = self._loaded
             if served is None:
@@ -777,7 +787,7 @@ class BrainService:
             except OSError:
                 current_sha = None  # moved to history meanwhile; the version still names it
             runner = ShadowRunner(
-                candidate.brain,
+                candidate.directory,
                 model_root=self.model_root,
                 config=cfg,
                 record_base={
@@ -788,6 +798,7 @@ class BrainService:
                 },
                 window_ticks=window_ticks,
                 window_s=window_s,
+                backend=self.backend,
                 served=served,
                 on_finish=self._shadow_finished,
             )
@@ -955,18 +966,6 @@ _EMPTY_SHADOW: dict[str, Any] = {
     "passed": None,
     "reason": "no shadow window has run",
 }
-
-
-def _frozen(obs: Any, observation: Any) -> Any:
-    """The observation as the shadow may keep it: the caller's own array or dict of arrays is
-    copied (it may refill its buffer for the next tick while the shadow still queues this
-    one); a vector :func:`_prepare` built is private already, and so are the lists a JSON body
-    was parsed into."""
-    if isinstance(obs, np.ndarray):
-        return obs.copy() if obs is observation else obs
-    if isinstance(obs, Mapping):
-        return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in obs.items()}
-    return obs
 
 
 def _stat_key(path: Path) -> tuple[int, int, int]:
