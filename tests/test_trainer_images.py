@@ -1,6 +1,7 @@
 """HOPE sequential training on dict observations with a camera: the state key becomes the state
-vector, the image key goes to the VQ-VAE's conv encoder (and through the Mid loop's context
-to the Fast loop), and the trained candidate acts on the same dict observations."""
+vector, the image key goes to the VQ-VAE's conv encoder, to the Fast loop every tick (a frozen
+copy of that encoder) and through the Mid loop's context, and the trained candidate acts on the
+same dict observations."""
 
 from __future__ import annotations
 
@@ -100,14 +101,17 @@ def test_state_and_camera_observations_train_every_component_and_act(tmp_path: P
         expected = brain.mid_loop({**whole, "images": {"camera": torch.from_numpy(frames)[None]}}, brain.vqvae)
     np.testing.assert_allclose(context, expected["context_steps"][0].numpy(), atol=1e-6)
     with torch.no_grad():
-        trained = brain.fast_loop(torch.from_numpy(state[:1])[None], torch.from_numpy(context[:1])[None])[0, 0]
+        feats = brain.fast_loop.pixels({"camera": torch.from_numpy(frames[:1])[None]})
+        trained = brain.fast_loop(
+            torch.from_numpy(state[:1])[None], torch.from_numpy(context[:1])[None], image_features=feats
+        )[0, 0]
     first = HopeBrain.load(candidate, backend="torch").act({"state": state[0], "camera": frames[0]})
     np.testing.assert_allclose(first, trained.numpy(), atol=1e-5)
 
 
-def test_camera_only_observations_reach_the_fast_loop_through_the_mid_context(tmp_path: Path) -> None:
+def test_camera_only_observations_reach_the_fast_loop(tmp_path: Path) -> None:
     """No numeric key at all: obs_dim is 0, the VQ-VAE encodes the image alone and the Fast loop
-    acts on the Mid loop's context only."""
+    acts on the image features and the Mid loop's context."""
     episodes = tmp_path / "episodes"
     write_episodes([camera_episode(i, n=40, with_state=False) for i in range(4)], episodes)
     cfg = image_config(tmp_path, episodes, steps=4)
@@ -121,8 +125,10 @@ def test_camera_only_observations_reach_the_fast_loop_through_the_mid_context(tm
     action = brain.act({"camera": np.zeros((SIDE, SIDE, 3), np.uint8)})
     assert action.shape == (2,) and np.isfinite(action).all()
 
-    # Without the Mid context, a Fast loop on such observations would see nothing: a clear error.
-    cfg = image_config(tmp_path, episodes, steps=4, order=["fast_loop"], model={"fast": {"use_context": False}})
+    # Without image features and the Mid context, a Fast loop on such observations would see
+    # nothing: a clear error.
+    fast = {"use_context": False, "image_features": False}
+    cfg = image_config(tmp_path, episodes, steps=4, order=["fast_loop"], model={"fast": fast})
     with pytest.raises(TrainingError, match="no state vector"):
         SequentialTrainer(cfg).run()
 

@@ -4,7 +4,8 @@ A brain holds up to three components, by name:
 
 * ``vqvae`` (:class:`~continuonbrain.hope.vqvae.VQVAE`): observations -> tokens,
 * ``mid_loop`` (:class:`~continuonbrain.hope.mid_loop.MidLoop`): tokens + actions -> context (and world model),
-* ``fast_loop`` (:class:`~continuonbrain.hope.fast_loop.FastLoop`): observation + context -> action.
+* ``fast_loop`` (:class:`~continuonbrain.hope.fast_loop.FastLoop`): observation (+ camera
+  features, + context) -> action.
 
 Any subset may be present: a brain with only a Fast loop acts (with a zero context), which
 is what sequential training produces first and what a minimal robot runs. ``act`` needs a
@@ -13,7 +14,9 @@ Fast loop; the Mid loop is used only together with the VQ-VAE that tokenizes for
 Acting (:meth:`HopeBrain.act`) carries recurrent state between calls: the Fast loop steps on
 every call, the Mid loop every ``mid_every`` calls (on calls 0, k, 2k, ... after a reset,
 with the mean of the actions taken since its last step), and its context is held in
-between. By default the Fast loop runs on its pure-numpy export
+between. A Fast loop that reads images (``fast.image_features``) encodes this tick's frames
+with its own frozen conv encoder (:class:`~continuonbrain.hope.pixels.PixelEncoder`, torch
+inference) on every call. By default the Fast loop runs on its pure-numpy export
 (:class:`~continuonbrain.hope.fast_loop.FastLoopNumpy`); :meth:`HopeBrain.reset` re-exports
 it when the torch weights have changed since the last export.
 
@@ -384,10 +387,10 @@ class HopeBrain(nn.Module):
         """``(vector float32 [obs_dim], images {key: uint8 [H, W, C]})`` from a vector or dict observation."""
         cfg = self.config
         if isinstance(observation, Mapping):
+            missing = [k for k in (*cfg.state_keys, *cfg.image_keys) if k not in observation]
+            if missing:
+                raise ValueError(f"observation lacks key(s) {missing} (has {sorted(observation)})")
             if cfg.state_keys:
-                missing = [k for k in (*cfg.state_keys, *cfg.image_keys) if k not in observation]
-                if missing:
-                    raise ValueError(f"observation lacks key(s) {missing} (has {sorted(observation)})")
                 parts = [np.asarray(observation[k], dtype=np.float32).reshape(-1) for k in cfg.state_keys]
                 vec = np.concatenate(parts) if len(parts) > 1 else parts[0]
             elif cfg.obs_dim:
@@ -423,12 +426,17 @@ class HopeBrain(nn.Module):
             obs, images = self.split_observation(observation)
         if s.mid_active and s.tick % s.mid_every == 0:
             self._refresh_context(obs, images)
+        pixels = self.fast_loop.pixels  # type: ignore[union-attr]
+        feats = pixels.features(images) if pixels is not None else None  # every tick: the reflex sees the frame
         if s.fast_np is not None:
-            action, _ = s.fast_np.step(obs, s.np_state)
+            action, _ = s.fast_np.step(obs, s.np_state, image_features=feats)
         else:
             with torch.inference_mode():
                 a, s.torch_state = self.fast_loop.step(  # type: ignore[union-attr]
-                    torch.from_numpy(obs)[None], s.torch_state, s.context
+                    torch.from_numpy(obs)[None],
+                    s.torch_state,
+                    s.context,
+                    image_features=None if feats is None else torch.from_numpy(feats)[None],
                 )
             action = a[0].numpy()
         if s.mid_active:

@@ -35,9 +35,22 @@ from pydantic import Field, model_validator
 from continuonbrain.config_base import ConfigError, ConfigModel
 from continuonbrain.fsutil import atomic_write_bytes
 
-__all__ = ["FastLoopConfig", "HopeConfig", "MidLoopConfig", "VQVAEConfig"]
+__all__ = ["FastLoopConfig", "HopeConfig", "MidLoopConfig", "VQVAEConfig", "pool_factor", "pooled_size"]
 
 PositiveInt = Annotated[int, Field(ge=1)]
+
+
+def pool_factor(shape: Sequence[int], max_side: int | None) -> int:
+    """The integer average-pooling factor that brings a frame's longer side within
+    ``max_side`` (1: no pooling); see :attr:`VQVAEConfig.max_image_side`."""
+    longest = max(int(shape[0]), int(shape[1]))
+    return 1 if max_side is None or longest <= max_side else -(-longest // max_side)
+
+
+def pooled_size(shape: Sequence[int], max_side: int | None) -> tuple[int, int, int]:
+    """``[H, W, C]`` after :func:`pool_factor` pooling (partial windows at the edges kept: ceil)."""
+    p = pool_factor(shape, max_side)
+    return (-(-int(shape[0]) // p), -(-int(shape[1]) // p), int(shape[2]))
 
 
 def _check_taus(tau_min: float, tau_max: float, tau_cap: float | None) -> None:
@@ -67,8 +80,18 @@ class VQVAEConfig(ConfigModel):
     hidden_dim: PositiveInt = 128
     n_hidden: int = Field(2, ge=0)
     conv_channels: list[PositiveInt] = Field(default_factory=lambda: [16, 32, 32], min_length=1)
-    """Output channels of the stride-2 conv layers of the image encoder (one halving each)."""
+    """Output channels of the stride-2 conv layers of the image encoder (one halving each,
+    rounding down: any H and W of at least ``2 ** len(conv_channels)`` work; the decoder
+    mirrors the exact sizes with ``output_padding``)."""
+    max_image_side: PositiveInt | None = 80
+    """Frames whose longer side exceeds this are average-pooled by the smallest integer factor
+    that brings it within (160x120 -> 80x60) before the conv encoder, and reconstructed at that
+    size (decoded frames are scaled back up). A 2x pool costs 4x less conv work in every
+    component and at every tick, and a steering policy needs lane lines, not fine texture
+    (BENCHMARKS.md, "Pixel reflex"). Null: full resolution."""
     image_feature_dim: PositiveInt = 64
+    """Width of each image key's conv feature: what the VQ-VAE quantises (with the state) and,
+    unquantised, what the Fast loop sees of the camera every tick (``fast.image_features``)."""
     decay: float = Field(0.95, gt=0.0, lt=1.0)
     """EMA decay of the codebook statistics. 0.99 (VQ-VAE-2) suits long runs; 0.95 lets the
     codebook follow the encoder within the ~100-step runs of on-robot training."""
@@ -128,6 +151,12 @@ class FastLoopConfig(ConfigModel):
     tau_max: float = Field(4.0, gt=0.0)
     tau_cap: float | None = Field(5.0, gt=0.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    image_features: bool = True
+    """With ``image_keys``: feed the Fast loop, at **every** tick, each image's continuous conv
+    feature (``vqvae.image_feature_dim`` floats per key, standardised). The conv encoder is the
+    trained VQ-VAE's, copied into the Fast loop and frozen (:mod:`~continuonbrain.hope.pixels`):
+    a camera-only robot then drives from pixels without the Mid context. False: images reach
+    the Fast loop only through the Mid context (every ``mid_every`` ticks)."""
     use_context: bool = True
     """Feed the Mid loop's context (zeros when absent). False: the Fast loop ignores it. Needed
     when observations are images only; with vector observations that already hold the task
@@ -212,15 +241,15 @@ class HopeConfig(ConfigModel):
             raise ValueError(f"image_shapes has key(s) {extra} that are not in image_keys")
         if self.obs_dim == 0 and not self.image_keys:
             raise ValueError("obs_dim is 0 and there are no image_keys: the observation would be empty")
-        factor = 2 ** len(self.vqvae.conv_channels)
+        smallest = 2 ** len(self.vqvae.conv_channels)
         for key, shape in self.image_shapes.items():
             if len(shape) != 3:
                 raise ValueError(f"image_shapes[{key!r}] must be [H, W, C], got {shape!r}")
-            h, w, _ = shape
-            if h % factor or w % factor:
+            h, w, _ = pooled_size(shape, self.vqvae.max_image_side)
+            if h < smallest or w < smallest:
                 raise ValueError(
-                    f"image_shapes[{key!r}] = {shape}: H and W must be multiples of {factor} "
-                    f"(2 ** len(vqvae.conv_channels), one halving per conv layer)"
+                    f"image_shapes[{key!r}] = {shape} (pooled to {h}x{w} by vqvae.max_image_side): H and W must "
+                    f"be at least {smallest} (2 ** len(vqvae.conv_channels), one halving per conv layer)"
                 )
         return self
 
@@ -234,6 +263,13 @@ class HopeConfig(ConfigModel):
     def context_dim(self) -> int:
         """Width of the context the Fast loop receives (0 when it does not use one)."""
         return self.mid.context_dim if self.fast.use_context else 0
+
+    @property
+    def fast_image_dim(self) -> int:
+        """Width of the image features the Fast loop receives every tick (0 without them)."""
+        if not (self.fast.image_features and self.image_keys):
+            return 0
+        return self.vqvae.image_feature_dim * len(self.image_keys)
 
     @property
     def image_shape_tuples(self) -> dict[str, tuple[int, int, int]]:

@@ -2,11 +2,17 @@
 
 Architecture (small on purpose, ~20k parameters by default)::
 
-    obs (raw units) --Normalizer--> [obs_n, context] --Linear--> SSMStack --RMSNorm--> Linear --tanh--> scale to bounds
+    [obs_n, img_n, context] --Linear--> SSMStack --RMSNorm--> Linear --tanh--> scale to bounds
+    obs (raw units) --Normalizer--> obs_n
+    images (uint8) --PixelEncoder (frozen)--> features --Normalizer--> img_n
 
 * Input: the standardised vector observation plus the Mid loop's context vector (zeros when
   there is no Mid loop), so a brain without a Mid loop still acts; train with the context
   the brain will have (``batch["context"]``, e.g. the Mid loop's ``context_steps``).
+* Images (config ``image_keys`` with ``fast.image_features``): every tick, each frame's
+  continuous conv feature from :class:`~continuonbrain.hope.pixels.PixelEncoder` (a frozen
+  copy of the VQ-VAE's encoder, saved with the Fast loop). Training passes precomputed
+  features (``batch["image_features"]``, raw ``[B, L, F]``) or the frames (``batch["images"]``).
 * The SSM stack gives the policy a short memory (velocities, contact transients) over its
   50-100 ms training windows; the time constants are capped near that window (see
   :class:`~continuonbrain.hope.config.FastLoopConfig`).
@@ -34,6 +40,7 @@ from torch import Tensor, nn
 
 from continuonbrain.hope.config import HopeConfig
 from continuonbrain.hope.layers import RMS_EPS, ActionScaler, Normalizer, RMSNorm, as_float_tensor
+from continuonbrain.hope.pixels import PixelEncoder
 from continuonbrain.hope.ssm import SSMStack, SSMState
 
 __all__ = ["FastLoop", "FastLoopNumpy", "FastLoopNumpyState"]
@@ -47,11 +54,16 @@ class FastLoop(nn.Module):
         f = config.fast
         self.config = config
         self.obs_dim, self.action_dim, self.context_dim = config.obs_dim, config.action_dim, config.context_dim
-        if self.obs_dim + self.context_dim == 0:
-            raise ValueError("the Fast loop needs obs_dim > 0 or a Mid-loop context (fast.use_context)")
+        self.image_dim = config.fast_image_dim
+        if self.obs_dim + self.image_dim + self.context_dim == 0:
+            raise ValueError(
+                "the Fast loop needs obs_dim > 0, image features (fast.image_features with image_keys) "
+                "or a Mid-loop context (fast.use_context)"
+            )
         self.normalizer = Normalizer(max(self.obs_dim, 1))
+        self.pixels = PixelEncoder(config) if self.image_dim else None
         self.actions = ActionScaler(config.action_low, config.action_high)  # type: ignore[arg-type]
-        self.in_proj = nn.Linear(self.obs_dim + self.context_dim, f.d_model)
+        self.in_proj = nn.Linear(self.obs_dim + self.image_dim + self.context_dim, f.d_model)
         self.ssm = SSMStack(
             f.d_model, f.d_state, f.n_layers, tau_min=f.tau_min, tau_max=f.tau_max, tau_cap=f.tau_cap, dropout=f.dropout
         )
@@ -63,12 +75,26 @@ class FastLoop(nn.Module):
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _features(self, obs: Any, context: Any) -> Tensor:
-        """``[..., obs_dim]`` raw obs (+ context ``[..., C]`` or ``[B, C]``) -> ``[..., obs_dim + C]``."""
+    def _features(self, obs: Any, context: Any, image_features: Any = None) -> Tensor:
+        """``[..., obs_dim]`` raw obs (+ raw image features ``[..., F]``, + context ``[..., C]``
+        or ``[B, C]``) -> ``[..., obs_dim + F + C]``."""
         x = as_float_tensor(obs, self.in_proj.weight.device)
         if x.shape[-1] != self.obs_dim:
             raise ValueError(f"observation has {x.shape[-1]} features, the Fast loop expects {self.obs_dim}")
         parts = [self.normalizer(x)] if self.obs_dim else []
+        if self.pixels is not None:
+            if image_features is None:
+                raise ValueError(
+                    f"this Fast loop reads the camera ({self.pixels.keys}) every tick: pass image_features "
+                    "(PixelEncoder output) or, in a training batch, 'images'"
+                )
+            feat = as_float_tensor(image_features, x.device)
+            if feat.shape[:-1] != x.shape[:-1] or feat.shape[-1] != self.image_dim:
+                raise ValueError(
+                    f"image_features have shape {tuple(feat.shape)}, the Fast loop expects "
+                    f"{(*x.shape[:-1], self.image_dim)}"
+                )
+            parts.append(self.pixels.normalizer(feat))
         if self.context_dim:
             if context is None:
                 ctx = x.new_zeros(*x.shape[:-1], self.context_dim)
@@ -94,15 +120,33 @@ class FastLoop(nn.Module):
         mask: Tensor | None = None,
         state: SSMState | None = None,
         normalized: bool = False,
+        image_features: Tensor | None = None,
     ) -> Tensor:
         """Actions ``[B, L, A]`` for a window ``obs [B, L, obs_dim]`` (raw units).
 
         ``context``: ``[B, L, C]`` (per step) or ``[B, C]`` (held), None for zeros. ``mask``
         ``[B, L]``: padded steps are skipped by the SSM (see :mod:`~continuonbrain.hope.ssm`).
         ``normalized=True`` returns actions in ``[-1, 1]`` instead of robot units.
+        ``image_features``: raw ``[B, L, F]`` (:attr:`pixels` output), needed when the Fast
+        loop reads images.
         """
-        y, _ = self.ssm(self.in_proj(self._features(obs, context)), state, mask)
+        y, _ = self.ssm(self.in_proj(self._features(obs, context, image_features)), state, mask)
         return self._head(y, normalized)
+
+    def batch_image_features(self, batch: Mapping[str, Any]) -> Tensor | None:
+        """A window batch's raw image features: ``batch["image_features"]`` (precomputed once
+        per frame by the trainer) or, failing that, :attr:`pixels` run on ``batch["images"]``."""
+        if self.pixels is None:
+            return None
+        feats = batch.get("image_features")
+        if feats is not None:
+            return as_float_tensor(feats, self.in_proj.weight.device)
+        images = batch.get("images")
+        if not images:
+            raise ValueError(
+                f"this Fast loop reads images {self.pixels.keys}: the batch needs 'image_features' or 'images'"
+            )
+        return self.pixels(images)
 
     def loss(self, batch: Mapping[str, Any], burn_in: int = 0) -> dict[str, Tensor]:
         """Behaviour cloning on a window batch: masked MSE in normalised action units.
@@ -118,7 +162,9 @@ class FastLoop(nn.Module):
         target = as_float_tensor(batch["action"], obs.device)
         mask = batch.get("mask")
         mask_t = None if mask is None else torch.as_tensor(mask, device=obs.device).bool()
-        pred = self.forward(obs, batch.get("context"), mask_t, normalized=True)
+        pred = self.forward(
+            obs, batch.get("context"), mask_t, normalized=True, image_features=self.batch_image_features(batch)
+        )
         tgt = self.actions.normalize(target).clamp(-1.0, 1.0)
         err = (pred - tgt).pow(2).mean(-1)
         w = torch.ones_like(err) if mask_t is None else mask_t.to(err.dtype)
@@ -134,12 +180,18 @@ class FastLoop(nn.Module):
         return self.ssm.init_state(batch_size, self.in_proj.weight.device)
 
     def step(
-        self, obs: Any, state: SSMState | None = None, context: Any = None, normalized: bool = False
+        self,
+        obs: Any,
+        state: SSMState | None = None,
+        context: Any = None,
+        normalized: bool = False,
+        image_features: Any = None,
     ) -> tuple[Tensor, SSMState]:
         """One control tick: ``obs [B, obs_dim]`` (or ``[obs_dim]``) -> ``(action [B, A], state)``.
 
-        ``state`` None means a fresh (zero) state. Same function as :meth:`forward` stepped
-        one time step at a time.
+        ``state`` None means a fresh (zero) state. ``image_features``: raw ``[B, F]`` (or
+        ``[F]``) when the Fast loop reads images. Same function as :meth:`forward` stepped one
+        time step at a time.
         """
         x = as_float_tensor(obs, self.in_proj.weight.device)
         single = x.dim() == 1
@@ -147,12 +199,15 @@ class FastLoop(nn.Module):
             x = x[None]
             if context is not None:
                 context = as_float_tensor(context).reshape(1, -1)
-        y, state = self.ssm.step(self.in_proj(self._features(x, context)), state)
+            if image_features is not None:
+                image_features = as_float_tensor(image_features).reshape(1, -1)
+        y, state = self.ssm.step(self.in_proj(self._features(x, context, image_features)), state)
         a = self._head(y, normalized)
         return (a[0] if single else a), state
 
     def fit_normalizer(self, obs: Tensor | np.ndarray, mask: Tensor | np.ndarray | None = None) -> None:
-        """Set the observation mean/std from data ``[..., obs_dim]`` (raw units)."""
+        """Set the observation mean/std from data ``[..., obs_dim]`` (raw units). The image
+        features have their own statistics (``pixels.fit_normalizer``)."""
         if self.obs_dim:
             self.normalizer.fit(obs, mask)
 
@@ -183,14 +238,14 @@ class FastLoopNumpyState:
     robot / session; do not share a state between threads.
     """
 
-    __slots__ = ("batch_size", "d_state", "inp", "layers", "out", "views")
+    __slots__ = ("batch_size", "d_state", "image_dim", "image_view", "inp", "layers", "out", "views")
 
     def __init__(self, model: FastLoopNumpy, batch_size: int | None = None):
         lead = () if batch_size is None else (batch_size,)
         dt = model.dtype
         self.batch_size = batch_size
         self.d_state = model.d_state
-        self.inp = np.zeros((*lead, model.obs_dim + model.context_dim + 1), dt)
+        self.inp = np.zeros((*lead, model.obs_dim + model.image_dim + model.context_dim + 1), dt)
         self.inp[..., -1] = 1.0
         self.layers = []
         for _ in range(model.n_layers):
@@ -199,11 +254,13 @@ class FastLoopNumpyState:
             self.layers.append(buf)
         self.out = np.zeros((*lead, model.d_model + 1), dt)
         self.out[..., -1] = 1.0
-        self._make_views(model.obs_dim)
+        self._make_views(model.obs_dim, model.image_dim)
 
-    def _make_views(self, obs_dim: int) -> None:
+    def _make_views(self, obs_dim: int, image_dim: int) -> None:
         """Persistent views into the buffers (slicing costs as much as a small numpy op)."""
         n = self.d_state
+        self.image_dim = image_dim
+        self.image_view = self.inp[..., obs_dim : obs_dim + image_dim]
         self.views = (
             self.inp[..., :obs_dim],
             [(buf, buf[..., :n], buf[..., n:-1]) for buf in self.layers],
@@ -222,14 +279,14 @@ class FastLoopNumpyState:
         new.inp = self.inp.copy()
         new.layers = [b.copy() for b in self.layers]
         new.out = self.out.copy()
-        new._make_views(self.views[0].shape[-1])
+        new._make_views(self.views[0].shape[-1], self.image_dim)
         return new
 
 
 class FastLoopNumpy:
     """The Fast loop's ``step`` on numpy arrays, with the weights pre-folded (see the module doc).
 
-    ``step(obs, state, context=None)`` takes ``obs [obs_dim]`` (fastest) or ``[B, obs_dim]`` in
+    ``step(obs, state, context=None, image_features=None)`` takes ``obs [obs_dim]`` (fastest) or ``[B, obs_dim]`` in
     raw units and returns ``(action, state)`` in robot units. The state
     (:class:`FastLoopNumpyState`, from :meth:`init_state`; None makes a fresh one) is
     updated in place and returned. The context changes only at the Mid rate, so it is part
@@ -246,7 +303,8 @@ class FastLoopNumpy:
         self.arrays = a
         self.n_layers = int(sum(1 for k in a if k.endswith(".W")))
         self.obs_dim = int(a["obs_dim"].shape[0])
-        self.context_dim = a["in_W"].shape[0] - 1 - self.obs_dim
+        self.image_dim = int(a["image_dim"].shape[0]) if "image_dim" in a else 0
+        self.context_dim = a["in_W"].shape[0] - 1 - self.obs_dim - self.image_dim
         self.d_model = a["in_W"].shape[1]
         self.d_state = a["l0.a"].shape[0] if self.n_layers else 0
         self.action_dim = a["out_W"].shape[1]
@@ -269,15 +327,19 @@ class FastLoopNumpy:
 
         with ``B' = (γ ⊙ B ⊙ norm_gain)ᵀ``, ``Wc = (W_gate C)ᵀ``, ``Ws = (W_gate diag(D ⊙ norm_gain))ᵀ``.
         """
-        n_obs = fast.obs_dim
+        n_obs, n_img = fast.obs_dim, fast.image_dim
         w_in, b_in = _linear_weight(fast.in_proj)
         assert b_in is not None
         mean = fast.normalizer.mean.detach().double().cpu().numpy()[:n_obs]
         std = fast.normalizer.std.detach().double().cpu().numpy()[:n_obs]
-        w_obs = w_in[:, :n_obs] / std[None, :]
-        # rows: observation (standardisation folded in), context, bias
-        in_w = np.concatenate([w_obs.T, w_in[:, n_obs:].T, (b_in - w_obs @ mean)[None, :]], axis=0)
-        arrays: dict[str, np.ndarray] = {"in_W": in_w, "obs_dim": np.zeros(n_obs)}
+        if fast.pixels is not None:  # the image features' standardisation folds in the same way
+            mean = np.concatenate([mean, fast.pixels.normalizer.mean.detach().double().cpu().numpy()])
+            std = np.concatenate([std, fast.pixels.normalizer.std.detach().double().cpu().numpy()])
+        n_in = n_obs + n_img
+        w_obs = w_in[:, :n_in] / std[None, :]
+        # rows: observation and image features (standardisation folded in), context, bias
+        in_w = np.concatenate([w_obs.T, w_in[:, n_in:].T, (b_in - w_obs @ mean)[None, :]], axis=0)
+        arrays: dict[str, np.ndarray] = {"in_W": in_w, "obs_dim": np.zeros(n_obs), "image_dim": np.zeros(n_img)}
         for i, block in enumerate(fast.ssm.blocks):
             ssm = block.ssm
             g = block.norm.weight.detach().double().cpu().numpy()
@@ -314,7 +376,8 @@ class FastLoopNumpy:
         """Use ``context`` (``[C]`` or ``[B, C]``; None: zeros) in ``state`` from now on."""
         if not self.context_dim:
             return
-        sl = state.inp[..., self.obs_dim : self.obs_dim + self.context_dim]
+        off = self.obs_dim + self.image_dim
+        sl = state.inp[..., off : off + self.context_dim]
         if context is None:
             sl[...] = 0.0
             return
@@ -326,13 +389,22 @@ class FastLoopNumpy:
         sl[...] = ctx.reshape(sl.shape) if ctx.size == sl.size else ctx
 
     def step(
-        self, obs: np.ndarray, state: FastLoopNumpyState | None = None, context: Any = None
+        self,
+        obs: np.ndarray,
+        state: FastLoopNumpyState | None = None,
+        context: Any = None,
+        image_features: np.ndarray | None = None,
     ) -> tuple[np.ndarray, FastLoopNumpyState]:
-        """One tick; see the class doc."""
+        """One tick; see the class doc. ``image_features``: this tick's raw ``[F]`` (or
+        ``[B, F]``) when the Fast loop reads images (required then: a frame is per tick)."""
         if state is None:
             state = self.init_state(None if np.ndim(obs) == 1 else np.shape(obs)[0])
         if context is not None:
             self.set_context(state, context)
+        if self.image_dim:
+            if image_features is None:
+                raise ValueError("this Fast loop reads images every tick: pass image_features")
+            state.image_view[...] = image_features
         obs_view, views, out_view = state.views
         obs_view[...] = obs
         x = state.inp.dot(self._in_W)

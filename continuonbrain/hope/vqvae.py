@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from continuonbrain.hope.config import HopeConfig
+from continuonbrain.hope.config import HopeConfig, pool_factor, pooled_size
 from continuonbrain.hope.layers import Normalizer, as_float_tensor
 
 __all__ = ["VQVAE", "DecodedObservation", "EMAQuantizer", "VQVAEOutput"]
@@ -150,38 +150,64 @@ def _mlp(d_in: int, hidden: int, n_hidden: int) -> tuple[nn.Module, int]:
     return nn.Sequential(*layers), hidden
 
 
-class ConvEncoder(nn.Module):
-    """``[M, C, H, W]`` in ``[-1, 1]`` -> ``[M, feature_dim]``; one stride-2 conv per channel count."""
+def conv_sizes(size: int, n_convs: int) -> list[int]:
+    """Spatial sizes through ``n_convs`` stride-2 convs (kernel 4, padding 1), input first:
+    each halves rounding down (``(s + 2 - 4) // 2 + 1 == s // 2``), so any size of at least
+    ``2 ** n_convs`` works; the decoder retraces the same sizes exactly."""
+    sizes = [size]
+    for _ in range(n_convs):
+        sizes.append(sizes[-1] // 2)
+    return sizes
 
-    def __init__(self, shape: tuple[int, int, int], channels: list[int], feature_dim: int):
+
+def pool_frames(x: Tensor, factor: int) -> Tensor:
+    """``[M, C, H, W]`` average-pooled by ``factor`` (edge windows partial: ceil mode)."""
+    return x if factor == 1 else F.avg_pool2d(x, factor, ceil_mode=True)
+
+
+class ConvEncoder(nn.Module):
+    """``[M, C, H, W]`` in ``[-1, 1]`` -> ``[M, feature_dim]``; one stride-2 conv per channel count.
+
+    Frames are first average-pooled by ``pool`` (see ``VQVAEConfig.max_image_side``). Any
+    pooled ``H, W >= 2 ** len(channels)``: the convs round odd sizes down (:func:`conv_sizes`),
+    and the projection is sized from the last feature map, so 64x64, 100x75 and 160x120 frames
+    all work without touching the config."""
+
+    def __init__(self, shape: tuple[int, int, int], channels: list[int], feature_dim: int, pool: int = 1):
         super().__init__()
-        h, w, c = shape
+        self.pool = pool
+        h, w, c = (-(-shape[0] // pool), -(-shape[1] // pool), shape[2])
         layers: list[nn.Module] = []
         for ch in channels:
             layers += [nn.Conv2d(c, ch, 4, stride=2, padding=1), nn.SiLU()]
             c = ch
-        scale = 2 ** len(channels)
         self.convs = nn.Sequential(*layers)
-        self.proj = nn.Linear(c * (h // scale) * (w // scale), feature_dim)
+        hs, ws = conv_sizes(h, len(channels)), conv_sizes(w, len(channels))
+        self.proj = nn.Linear(c * hs[-1] * ws[-1], feature_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.silu(self.proj(self.convs(x).flatten(1)))
+        return F.silu(self.proj(self.convs(pool_frames(x, self.pool)).flatten(1)))
 
 
 class ConvDecoder(nn.Module):
-    """``[M, d_in]`` -> ``[M, C, H, W]``: the mirror image of :class:`ConvEncoder`."""
+    """``[M, d_in]`` -> ``[M, C, H, W]``: the mirror image of :class:`ConvEncoder`, each
+    transposed conv given the ``output_padding`` (0 or 1) that restores the encoder's size at
+    that depth, so odd sizes come back exactly."""
 
     def __init__(self, d_in: int, shape: tuple[int, int, int], channels: list[int]):
         super().__init__()
         h, w, c = shape
-        scale = 2 ** len(channels)
-        self.start = (channels[-1], h // scale, w // scale)
-        self.proj = nn.Linear(d_in, channels[-1] * (h // scale) * (w // scale))
+        hs, ws = conv_sizes(h, len(channels)), conv_sizes(w, len(channels))
+        self.start = (channels[-1], hs[-1], ws[-1])
+        self.proj = nn.Linear(d_in, channels[-1] * hs[-1] * ws[-1])
         outs = [*reversed(channels[:-1]), c]
         layers: list[nn.Module] = []
         prev = channels[-1]
+        n = len(channels)
         for i, ch in enumerate(outs):
-            layers.append(nn.ConvTranspose2d(prev, ch, 4, stride=2, padding=1))
+            depth = n - 1 - i  # the size this layer must produce is the encoder's input size at this depth
+            pad = (hs[depth] - 2 * hs[depth + 1], ws[depth] - 2 * ws[depth + 1])
+            layers.append(nn.ConvTranspose2d(prev, ch, 4, stride=2, padding=1, output_padding=pad))
             if i < len(outs) - 1:
                 layers.append(nn.SiLU())
             prev = ch
@@ -242,15 +268,22 @@ class VQVAE(nn.Module):
         if self.obs_dim:
             self.state_encoder, width = _mlp(self.obs_dim, c.hidden_dim, c.n_hidden)
             feat += width
+        self.pools = {k: pool_factor(s, c.max_image_side) for k, s in self.image_shapes.items()}
         self.image_encoders = nn.ModuleDict(
-            {k: ConvEncoder(s, list(c.conv_channels), c.image_feature_dim) for k, s in self.image_shapes.items()}
+            {
+                k: ConvEncoder(s, list(c.conv_channels), c.image_feature_dim, self.pools[k])
+                for k, s in self.image_shapes.items()
+            }
         )
         feat += c.image_feature_dim * len(self.image_shapes)
         self.to_latent = nn.Linear(feat, c.n_tokens * c.code_dim)
         self.from_latent, width = _mlp(c.n_tokens * c.code_dim, c.hidden_dim, max(c.n_hidden, 1))
         self.state_decoder = nn.Linear(width, self.obs_dim) if self.obs_dim else None
         self.image_decoders = nn.ModuleDict(
-            {k: ConvDecoder(width, s, list(c.conv_channels)) for k, s in self.image_shapes.items()}
+            {
+                k: ConvDecoder(width, pooled_size(s, c.max_image_side), list(c.conv_channels))
+                for k, s in self.image_shapes.items()
+            }
         )
         self.quantizer = EMAQuantizer(c.codebook_size, c.code_dim, c.decay, c.epsilon, c.dead_code_steps)
 
@@ -294,16 +327,26 @@ class VQVAE(nn.Module):
         z = self.to_latent(torch.cat(feats, dim=-1))
         return z.reshape(-1, self.code_dim)  # [M * n_tokens, d]
 
-    def decode_latent(self, z_q: Tensor) -> tuple[Tensor | None, dict[str, Tensor]]:
-        """``z_q [..., n_tokens, code_dim]`` -> (normalised obs ``[..., D]``, images in ``[-1, 1]``)."""
-        lead = tuple(z_q.shape[:-2])
+    def _decode_flat(self, z_q: Tensor) -> tuple[Tensor | None, dict[str, Tensor]]:
+        """``z_q [M, n_tokens, code_dim]`` -> (normalised obs ``[M, D]``, pooled images ``[M, C, h, w]``)."""
         h = self.from_latent(z_q.reshape(-1, self.n_tokens * self.code_dim))
-        obs = self.state_decoder(h).reshape(*lead, self.obs_dim) if self.state_decoder is not None else None
-        imgs = {
-            k: dec(h).permute(0, 2, 3, 1).reshape(*lead, *self.image_shapes[k])
-            for k, dec in self.image_decoders.items()
-        }
-        return obs, imgs
+        obs = self.state_decoder(h) if self.state_decoder is not None else None
+        return obs, {k: dec(h) for k, dec in self.image_decoders.items()}
+
+    def _full_size(self, key: str, img: Tensor) -> Tensor:
+        """Pooled ``[M, C, h, w]`` -> ``[M, H, W, C]`` at the frame's own size (nearest)."""
+        h, w, _ = self.image_shapes[key]
+        if self.pools[key] > 1:
+            img = F.interpolate(img, size=(h, w), mode="nearest")
+        return img.permute(0, 2, 3, 1)
+
+    def decode_latent(self, z_q: Tensor) -> tuple[Tensor | None, dict[str, Tensor]]:
+        """``z_q [..., n_tokens, code_dim]`` -> (normalised obs ``[..., D]``, images in ``[-1, 1]``
+        at their full ``[H, W, C]``)."""
+        lead = tuple(z_q.shape[:-2])
+        obs, pooled = self._decode_flat(z_q)
+        imgs = {k: self._full_size(k, v).reshape(*lead, *self.image_shapes[k]) for k, v in pooled.items()}
+        return (obs.reshape(*lead, self.obs_dim) if obs is not None else None), imgs
 
     # -- verbs ---------------------------------------------------------------------------
 
@@ -314,12 +357,14 @@ class VQVAE(nn.Module):
         z_q, codes, stats = self.quantizer(z_e)
         commit = F.mse_loss(z_e, z_q.detach())
         z_st = z_e + (z_q - z_e).detach()
-        obs_hat, imgs_hat = self.decode_latent(z_st.reshape(-1, self.n_tokens, self.code_dim))
+        obs_hat, pooled_hat = self._decode_flat(z_st.reshape(-1, self.n_tokens, self.code_dim))
         zero = z_e.new_zeros(())
         state_recon = F.mse_loss(obs_hat, x) if x is not None and obs_hat is not None else zero
         image_recon = zero
-        if flat:
-            image_recon = sum(F.mse_loss(imgs_hat[k], flat[k]) for k in flat) / len(flat)
+        if flat:  # scored at the pooled size the encoder sees
+            targets = {k: pool_frames(v.permute(0, 3, 1, 2), self.pools[k]) for k, v in flat.items()}
+            image_recon = sum(F.mse_loss(pooled_hat[k], targets[k]) for k in flat) / len(flat)
+        imgs_hat = {k: self._full_size(k, v) for k, v in pooled_hat.items()}
         recon = state_recon + self.config.vqvae.image_loss_weight * image_recon
         loss = recon + self.config.vqvae.commitment * commit
         losses = {

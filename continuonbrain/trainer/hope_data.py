@@ -9,9 +9,12 @@ VQ-VAE's conv encoder. Which component sees what follows what the brain does whe
 * the VQ-VAE learns to tokenize the state vector *and* the images (single-step windows),
 * the Mid loop learns over the tokens of both (its windows carry the images, tokenized by
   the frozen VQ-VAE),
-* the Fast loop sees only the state vector plus the Mid loop's context; the images reach it
-  through that context, which :func:`with_mid_context` computes from the state *and* the
-  images, as the brain does every ``mid_every`` ticks.
+* the Fast loop sees the state vector, every tick each frame's continuous conv feature
+  (``fast.image_features``: a frozen copy of the trained VQ-VAE's encoder, see
+  :mod:`~continuonbrain.hope.pixels`), computed once per frame by :func:`with_image_features`
+  and cached, and, with ``fast.use_context``, the Mid loop's context, which
+  :func:`with_mid_context` computes from the state *and* the images, as the brain does every
+  ``mid_every`` ticks.
 
 Shapes (``obs_dim``, ``action_dim``, ``image_shapes``), the control rate, the key lists and
 the action bounds an episode declares (``capabilities.action_space``) are taken from the first
@@ -43,12 +46,16 @@ from continuonbrain.trainer.train_config import ComponentTrainConfig, Sequential
 __all__ = [
     "TrainingError",
     "batches",
+    "detect_image_keys",
     "episode_source",
     "held_out_ids",
     "infer_model_config",
     "make_dataset",
     "observation_keys",
+    "sample_image_features",
     "sample_observations",
+    "with_codes",
+    "with_image_features",
     "with_mid_context",
 ]
 
@@ -162,6 +169,23 @@ def _declared_action_bounds(first: Episode, action_dim: int) -> dict[str, list[f
     return {"action_low": lo.tolist(), "action_high": hi.tolist()}
 
 
+def detect_image_keys(first: Episode) -> list[str]:
+    """The camera keys of a dict observation, sorted: encoded frames (an
+    :class:`~continuonbrain.rlds.episode.ImageColumn`) or ``uint8 [T, H, W, C]`` arrays. So the
+    shipped config trains a camera robot (a Donkeycar tub's ``cam/image_array``) with no
+    ``image_keys`` set; ``model.image_keys: []`` turns this off."""
+    obs = first.observation
+    if not isinstance(obs, dict):
+        return []
+    found = []
+    for key, col in obs.items():
+        if isinstance(col, ImageColumn) or (
+            isinstance(col, np.ndarray) and col.dtype == np.uint8 and col.ndim == 4 and col.shape[-1] in (1, 3, 4)
+        ):
+            found.append(key)
+    return sorted(found)
+
+
 def infer_model_config(cfg: SequentialConfig, source: Callable[[], Iterator[Episode]]) -> HopeConfig:
     """HopeConfig from the config's ``model`` block, with shapes, keys, rate and action bounds taken from the data."""
     first = next(iter(source()), None)
@@ -172,6 +196,8 @@ def infer_model_config(cfg: SequentialConfig, source: Callable[[], Iterator[Epis
     if cfg.image_keys and given_images and given_images != list(cfg.image_keys):
         raise TrainingError(f"model.image_keys {given_images} differ from image_keys {list(cfg.image_keys)}")
     image_keys = list(cfg.image_keys) or given_images
+    if not image_keys and "image_keys" not in model:  # the data's cameras, unless model.image_keys says []
+        image_keys = detect_image_keys(first)
     keys = _state_keys(cfg, model, first.observation, image_keys)
     model.setdefault("obs_dim", int(first.observation_vector(keys).shape[1]))
     model.setdefault("action_dim", int(first.action_vector(cfg.action_keys).shape[1]))
@@ -187,11 +213,17 @@ def infer_model_config(cfg: SequentialConfig, source: Callable[[], Iterator[Epis
         hope_cfg = HopeConfig.from_dict(model)
     except ValueError as exc:
         raise TrainingError(f"the model config (the 'model' block plus what the data says) is invalid: {exc}") from None
-    if hope_cfg.obs_dim == 0 and hope_cfg.context_dim == 0 and "fast_loop" in cfg.order:
+    if (
+        hope_cfg.obs_dim == 0
+        and hope_cfg.context_dim == 0
+        and hope_cfg.fast_image_dim == 0
+        and "fast_loop" in cfg.order
+    ):
         raise TrainingError(
-            "the observations have no state vector (only images) and the Fast loop does not use the Mid "
-            "loop's context (model.fast.use_context=false): it would see nothing. Keep use_context on, or "
-            "add numeric state keys to the observations"
+            "the observations have no state vector (only images), the Fast loop reads no image features "
+            "(model.fast.image_features=false) and does not use the Mid loop's context "
+            "(model.fast.use_context=false): it would see nothing. Turn image_features or use_context on, "
+            "or add numeric state keys to the observations"
         )
     return hope_cfg
 
@@ -279,6 +311,88 @@ def with_mid_context(
     return EpochSource(episodes)
 
 
+# --- image features for the Fast loop -------------------------------------------------------
+
+
+def _episode_key(ep: Episode) -> tuple[str | None, str, int]:
+    return (ep.source, ep.episode_id, len(ep))
+
+
+def with_image_features(
+    source: Callable[[], Iterator[Episode]],
+    pixels: nn.Module,
+    image_keys: Sequence[str],
+    chunk: int = TOKENIZE_CHUNK,
+) -> EpochSource:
+    """Episodes carrying the raw camera features of every step (``extras["image_features"]``,
+    ``float32 [T, F]``): what the Fast loop's frozen :class:`~continuonbrain.hope.pixels.PixelEncoder`
+    makes of each frame, as the brain computes it every tick.
+
+    Frames are decoded and encoded ``chunk`` at a time, and each episode's features are kept
+    (keyed by source, id and length; ``F * 4`` bytes per frame, 5 MB for 20,000 frames of one
+    64-feature camera), so later epochs skip decoding and the conv net: the encoder is frozen,
+    the features cannot change. The result passes the epoch on to ``source``."""
+    cache: dict[tuple[str | None, str, int], np.ndarray] = {}
+
+    @torch.no_grad()
+    def episodes(epoch: int) -> Iterator[Episode]:
+        for ep in open_source(source, epoch):
+            key = _episode_key(ep)
+            feats = cache.get(key)
+            if feats is None:
+                feats = np.empty((len(ep), pixels.dim), np.float32)  # type: ignore[arg-type]
+                for start in range(0, len(ep), chunk):
+                    stop = min(start + chunk, len(ep))
+                    frames = {k: torch.from_numpy(_frames(ep.observation[k], start, stop)) for k in image_keys}
+                    feats[start:stop] = pixels(frames).numpy()
+                cache[key] = feats
+            ep.extras["image_features"] = feats
+            yield ep
+
+    return EpochSource(episodes)
+
+
+def with_codes(
+    source: Callable[[], Iterator[Episode]],
+    vqvae: nn.Module,
+    keys: list[str] | None,
+    image_keys: Sequence[str],
+    chunk: int = TOKENIZE_CHUNK,
+) -> EpochSource:
+    """Episodes carrying the frozen VQ-VAE's codes of every step (``extras["codes"]``, int64
+    ``[T, n_tokens]``), computed once per episode and cached (``n_tokens * 8`` bytes a frame).
+
+    What the Mid loop trains on when observations hold images: its windows are seconds long,
+    so tokenizing their frames at every step would decode and encode ``batch_size * L``
+    frames per step (1,280 for 32 two-second windows at 20 Hz: minutes per hundred steps on a
+    Pi) where the frozen tokenizer gives the same codes every epoch."""
+    cache: dict[tuple[str | None, str, int], np.ndarray] = {}
+
+    @torch.no_grad()
+    def episodes(epoch: int) -> Iterator[Episode]:
+        for ep in open_source(source, epoch):
+            key = _episode_key(ep)
+            codes = cache.get(key)
+            if codes is None:
+                obs = ep.observation_vector(keys)
+                codes = cache[key] = _episode_codes(ep, vqvae, obs, image_keys, chunk)[0].numpy()
+            ep.extras["codes"] = codes
+            yield ep
+
+    return EpochSource(episodes)
+
+
+def sample_image_features(cfg: SequentialConfig, source: Callable[[], Iterator[Episode]]) -> np.ndarray:
+    """Raw image features of the first ``normalizer_episodes`` episodes of a
+    :func:`with_image_features` source, to fit the Fast loop's feature normaliser."""
+    rows = []
+    for i, ep in enumerate(source()):
+        if i >= cfg.normalizer_episodes:
+            break
+        rows.append(ep.extras["image_features"])
+    return np.concatenate(rows)
+
+
 # --- windows ---------------------------------------------------------------------------------
 
 
@@ -288,18 +402,22 @@ def make_dataset(
     source: Callable[[], Iterator[Episode]],
     cfg: SequentialConfig,
     hope_cfg: HopeConfig | None = None,
+    tokenized: bool = False,
 ) -> WindowDataset:
     """The component's windows: single steps for the VQ-VAE, Mid trajectories (1-10 s) for the
     Mid loop, short Fast windows (50-100 ms) for the Fast loop. Images are decoded only for
-    the two components that tokenize them; the Fast loop reads the state vector and the context."""
+    the two components that tokenize them (not for the Mid loop when ``tokenized``: its source
+    carries the codes, :func:`with_codes`); the Fast loop reads the state vector, the precomputed
+    image features and the context (both ``extras`` columns of the episodes)."""
     keys = observation_keys(cfg, hope_cfg) if hope_cfg is not None else cfg.observation_keys
     common: dict[str, Any] = {"shuffle_buffer": comp.shuffle_buffer, "seed": cfg.seed, "observation_keys": keys}
     common["action_keys"] = cfg.action_keys
     image_keys = list(hope_cfg.image_keys) if hope_cfg is not None else []
     if name == "vqvae":  # single steps
         return FastWindowDataset(source, steps=1, stride_steps=1, pad_start=False, image_keys=image_keys, **common)
-    if name == "mid_loop":
-        return MidTrajectoryDataset(source, length_s=comp.window_s or 2.0, image_keys=image_keys, **common)
+    if name == "mid_loop":  # tokenized: the episodes carry their codes (with_codes), frames are not needed
+        mid_images = [] if tokenized else image_keys
+        return MidTrajectoryDataset(source, length_s=comp.window_s or 2.0, image_keys=mid_images, **common)
     return FastWindowDataset(source, length_s=comp.window_s or 0.1, **common)
 
 

@@ -115,7 +115,10 @@ from continuonbrain.trainer.hope_data import (
     infer_model_config,
     make_dataset,
     observation_keys,
+    sample_image_features,
     sample_observations,
+    with_codes,
+    with_image_features,
     with_mid_context,
 )
 from continuonbrain.trainer.metrics import (
@@ -316,6 +319,8 @@ class SequentialTrainer:
         deps = dict(DEPENDENCIES)
         if hope_cfg.fast.use_context:
             deps["fast_loop"] = ("vqvae", "mid_loop")
+        elif hope_cfg.fast_image_dim:  # the Fast loop's eyes are a copy of the VQ-VAE's encoder
+            deps["fast_loop"] = ("vqvae",)
         available = (
             {p.stem for p in self.components_dir.glob("*.safetensors")} if self.components_dir.exists() else set()
         )
@@ -324,7 +329,8 @@ class SequentialTrainer:
                 if dep not in self.cfg.order[:i] and dep not in available:
                     raise TrainingError(
                         f"{name} needs a trained {dep}: put {dep} before {name} in 'order' "
-                        f"(or set model.fast.use_context=false for a Fast loop without Mid context)"
+                        f"(or set model.fast.use_context=false for a Fast loop without Mid context, and "
+                        f"model.fast.image_features=false for one that reads no camera features)"
                     )
 
     # -- one component
@@ -348,13 +354,23 @@ class SequentialTrainer:
             module.fit_normalizer(sample_observations(cfg, source, keys))
         if name == "mid_loop":
             helper = load_component(self.components_dir, "vqvae", hope_cfg)
+            if hope_cfg.image_keys:  # tokenize every frame once, not every window at every step
+                source = with_codes(source, helper, keys, hope_cfg.image_keys)
+        if name == "fast_loop" and hope_cfg.fast_image_dim:
+            # The Fast loop reads the camera every tick through a frozen copy of the VQ-VAE's
+            # encoder: featurise every frame once (cached), standardise from the first episodes.
+            vqvae = load_component(self.components_dir, "vqvae", hope_cfg)
+            module.pixels.load_from_vqvae(vqvae)
+            del vqvae
+            source = with_image_features(source, module.pixels, hope_cfg.image_keys)
+            module.pixels.fit_normalizer(sample_image_features(cfg, source))
         if name == "fast_loop" and hope_cfg.fast.use_context:
             vqvae = load_component(self.components_dir, "vqvae", hope_cfg)
             mid = load_component(self.components_dir, "mid_loop", hope_cfg)
             # Only this rank's episodes need a context (the dataset skips the others').
             keep = None if world == 1 else ranks.owns
             source = with_mid_context(source, vqvae, mid, keys, keep, hope_cfg.image_keys, cfg.action_keys)
-        dataset = make_dataset(name, comp, source, cfg, hope_cfg)
+        dataset = make_dataset(name, comp, source, cfg, hope_cfg, tokenized=bool(hope_cfg.image_keys))
         module.train()
         optimizer = torch.optim.AdamW(module.parameters(), lr=comp.learning_rate, weight_decay=comp.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(comp))
