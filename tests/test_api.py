@@ -404,6 +404,11 @@ ROUTES = {
     ("/api/episodes/quarantine", "post"),
     ("/api/sim/reset", "post"),
     ("/api/sim/step", "post"),
+    # added for the Robot Editor's camera car and frame scrubber (issue 14)
+    ("/api/sim/drive", "post"),
+    ("/api/episodes/view", "get"),
+    ("/api/episodes/step", "get"),
+    ("/api/episodes/frame", "get"),
 }
 #: The routes that need the token.
 AUTH_ROUTES = {

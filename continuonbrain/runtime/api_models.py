@@ -112,10 +112,22 @@ class TrainingRequest(BaseModel):
 class SimResetRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    env: str = Field(default="reach2d", pattern=r"^(reach2d|track2d)$")
+    env: str = Field(
+        default="reach2d", pattern=r"^(reach2d|track2d|drive2d)$", description="drive2d: the car (/api/sim/drive)"
+    )
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     target: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
     sim_id: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")] | None = None
+
+
+class SimDriveRequest(BaseModel):
+    """``POST /api/sim/drive``: one tick of the camera car, driven by the served brain."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sim_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    frame: bool = Field(default=False, description="include the camera picture (a JPEG data URL)")
+    track: bool = Field(default=False, description="include the track map (centreline, half width)")
 
 
 class SimStepRequest(BaseModel):

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from continuonbrain.rlds import RLDSError
+from continuonbrain.rlds import ImageColumn, RLDSError
 from continuonbrain.rlds.reader import scan_episodes
 from continuonbrain.rlds.validate import quarantine
 
@@ -78,6 +78,13 @@ class EpisodeCatalog:
                     }
                 )
         return {"quarantined": moved}
+
+    def entry(self, key: str) -> dict[str, Any] | None:
+        """The listing entry of the episode ``key`` (None when there is no such episode): how
+        the frame viewer finds an episode without ever taking a path from a request."""
+        if self.rlds_dir is None:
+            return None
+        return next((e for e in self._scan() if e["key"] == key), None)
 
     def quarantined(self) -> list[dict[str, Any]]:
         qdir = self.quarantine_dir
@@ -152,6 +159,7 @@ def _bad_entry(key: str, unit: str, err: RLDSError) -> dict[str, Any]:
         "tags": [],
         "imagined": False,
         "origin": None,
+        "image_keys": [],
     }
 
 
@@ -182,4 +190,8 @@ def _entry(result: Any, root: Path) -> dict[str, Any]:
         "origin": origin,
         "environment_id": meta.get("environment_id"),
         "robot_model": meta.get("robot_model"),
+        # camera streams: the Robot Editor offers to scrub through their frames
+        "image_keys": sorted(k for k, v in ep.observation.items() if isinstance(v, ImageColumn))
+        if isinstance(ep.observation, dict)
+        else [],
     }

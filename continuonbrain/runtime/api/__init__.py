@@ -74,6 +74,7 @@ from continuonbrain.runtime.api.errors import ERROR_TEXT, error_responses, insta
 from continuonbrain.runtime.api.training import SSE_POLL_S
 from continuonbrain.runtime.auth import load_or_create_token
 from continuonbrain.runtime.brain_service import BrainService
+from continuonbrain.runtime.episode_viewer import EpisodeViewer
 from continuonbrain.runtime.episodes import EpisodeCatalog
 from continuonbrain.runtime.jobs import JobManager
 from continuonbrain.runtime.limits import GuardCounters, HostPolicy, RequestGuard, ServerLimits, http_protocol
@@ -136,6 +137,7 @@ def create_app(
     train_config = Path(train_config or DEFAULT_TRAIN_CONFIG)
     adapt_config = Path(adapt_config or DEFAULT_ADAPT_CONFIG)
     service = service or BrainService(model_root, watch_interval_s=watch_interval_s)
+    catalog = EpisodeCatalog(rlds_dir, quarantine_dir)
     jobs = JobManager(
         model_root=model_root,
         run_root=run_root,
@@ -154,7 +156,8 @@ def create_app(
         service=service,
         store=store,
         jobs=jobs,
-        catalog=EpisodeCatalog(rlds_dir, quarantine_dir),
+        catalog=catalog,
+        viewer=EpisodeViewer(catalog),
         sims=LiveSims(),
         gating=_gating_config(adapt_config),
         limits=limits,

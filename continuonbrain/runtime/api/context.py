@@ -22,6 +22,7 @@ from continuonbrain.robot.gates import GatingConfig, evaluate_gates
 from continuonbrain.robot.sensors import read_sensors
 from continuonbrain.runtime.auth import bearer_matches
 from continuonbrain.runtime.brain_service import BrainService
+from continuonbrain.runtime.episode_viewer import EpisodeViewer
 from continuonbrain.runtime.episodes import EpisodeCatalog
 from continuonbrain.runtime.jobs import JobManager
 from continuonbrain.runtime.limits import GuardCounters, HostPolicy, ServerLimits
@@ -52,6 +53,7 @@ class ApiContext:
     store: PromotionStore
     jobs: JobManager
     catalog: EpisodeCatalog
+    viewer: EpisodeViewer  # one episode's steps and frames (the Robot Editor's scrubber)
     sims: LiveSims
     gating: GatingConfig
     limits: ServerLimits

@@ -4,14 +4,19 @@
 //   api.js       fetch + token + errors      status.js    GET /api/status every second
 //   training.js  jobs + SSE loss charts      models.js    slots, promote, rollback, audit
 //   sim.js       live reach2d via /api/infer episodes.js  RLDS listing + quarantine
+//   car.js       live drive2d camera car     viewer.js    an image episode's frames, scrubbed
+//   shadow.js    candidate in shadow mode    checks.js    a gate record's checks
 
 import { clearToken, getToken, onTokenChange, setToken, setTokenPrompt } from "./api.js";
 import { $, notify, setText } from "./dom.js";
+import { chooseLiveSim, initCar } from "./car.js";
 import { initEpisodes } from "./episodes.js";
 import { initModels } from "./models.js";
+import { initShadow } from "./shadow.js";
 import { initSim } from "./sim.js";
-import { startStatus } from "./status.js";
+import { onStatus, startStatus } from "./status.js";
 import { initTraining } from "./training.js";
+import { initViewer } from "./viewer.js";
 
 /** Ask for the token in the page's dialog; resolves to the token, or null if cancelled. */
 function promptToken(reason) {
@@ -61,8 +66,12 @@ window.addEventListener("unhandledrejection", (ev) => {
 
 initToken();
 initSim();
+initCar();
+onStatus(chooseLiveSim);
 initModels();
+initShadow();
 initTraining();
+initViewer();
 initEpisodes();
 startStatus();
 document.body.dataset.ready = "true";

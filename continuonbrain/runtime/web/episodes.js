@@ -1,9 +1,11 @@
 // Episodes panel: the RLDS episodes the trainer sees (with validation errors naming the
 // file, episode and field), the quarantine with its reasons, and the button that moves every
-// bad episode there. The listing is cached on the server, so polling it is cheap.
+// bad episode there. The listing is cached on the server, so polling it is cheap. An episode
+// with camera streams gets a "Frames" button that opens it in the frame viewer (viewer.js).
 
 import { get, post } from "./api.js";
 import { $, fillTable, fmtNum, h, notify, setText, showResult, sleep } from "./dom.js";
+import { openEpisode } from "./viewer.js";
 
 const PAGE = 100;
 const POLL_MS = 5000;
@@ -71,9 +73,20 @@ function renderEpisodes(info) {
       h("td", {}, (e.tags || []).join(", ")),
       h("td", {}, e.imagined ? "imagined" : ""),
       h("td", { class: "error-text" }, e.error ? [e.field ? h("strong", {}, `${e.field}: `) : null, e.error] : ""),
+      h(
+        "td",
+        { class: "actions" },
+        e.valid && (e.image_keys || []).length
+          ? h(
+              "button",
+              { type: "button", class: "frames", "data-testid": "episode-frames", onclick: () => openEpisode(e.key) },
+              "Frames",
+            )
+          : "",
+      ),
     ),
   );
-  fillTable($("episodes-table"), rows, "no episodes", 7);
+  fillTable($("episodes-table"), rows, "no episodes", 8);
 
   const quarantined = (info.quarantine || []).map((q) =>
     h(

@@ -6,8 +6,12 @@
 // recorded in the store (``continuonbrain eval``, the demo; GET /api/models "evaluations") is
 // shown per version, with a small chart across versions per env, so a user sees whether the
 // robot got better. Figures of different envs are never mixed in one chart.
+//
+// Every gate record (a slot's manifest, a history version, an audit line, a promotion's answer)
+// shows its checks with their figures and a pass/fail mark (checks.js).
 
 import { get, post } from "./api.js";
+import { checksList } from "./checks.js";
 import { $, fill, fillTable, fmtNum, fmtTime, h, jsonDetails, notify, showResult } from "./dom.js";
 import { renderEvaluations, slotEvaluation } from "./evals.js";
 import { onStatus, refreshStatusNow } from "./status.js";
@@ -86,6 +90,7 @@ function slotView(manifest, slot, info) {
     ),
     h("p", {}, `components: ${(manifest.components || []).join(", ") || "–"}`),
     h("p", {}, `gate: ${gateLine(manifest.gate)}`),
+    checksList(manifest.gate),
     slotEvaluation(info, manifest.version),
     metricsLine(manifest.metrics) ? h("p", { class: "muted" }, metricsLine(manifest.metrics)) : null,
     jsonDetails("metrics", manifest.metrics),
@@ -128,7 +133,13 @@ function historyRow(m, info) {
       h("code", {}, m.version),
       h("span", { class: "version-meta" }, `${m.kind || "?"} · ${fmtTime(m.created)}`),
     ),
-    h("td", {}, slotEvaluation(info, m.version), h("span", { class: "version-meta" }, metricsLine(m.metrics) || "–")),
+    h(
+      "td",
+      {},
+      slotEvaluation(info, m.version),
+      h("span", { class: "version-meta" }, metricsLine(m.metrics) || "–"),
+      checksList(m.gate),
+    ),
     h(
       "td",
       { class: "actions" },
@@ -157,7 +168,7 @@ function renderAudit(info) {
         h("td", {}, fmtTime(a.time)),
         h("td", {}, a.decision || ""),
         h("td", {}, h("code", {}, a.version || "")),
-        h("td", {}, a.reason || (a.previous ? `replaced ${a.previous}` : "")),
+        h("td", {}, a.reason || (a.previous ? `replaced ${a.previous}` : ""), checksList(a.checks ? a : a.gate)),
       ),
     );
   fillTable($("models-audit"), audit, "no decisions yet", 4);
@@ -175,9 +186,23 @@ async function promote() {
         : null;
     const details = [numbers("candidate"), numbers("current")].filter(Boolean).join(" · ");
     if (res.promoted) {
-      showResult(out, "ok", h("strong", {}, "Promoted "), h("code", {}, res.model_version), `. ${details}`);
+      showResult(
+        out,
+        "ok",
+        h("strong", {}, "Promoted "),
+        h("code", {}, res.model_version),
+        `. ${details}`,
+        checksList(gate),
+      );
     } else {
-      showResult(out, "error", h("strong", {}, "Rejected: "), res.reason || "the gate said no", `. ${details}`);
+      showResult(
+        out,
+        "error",
+        h("strong", {}, "Rejected: "),
+        res.reason || "the gate said no",
+        `. ${details}`,
+        checksList(gate),
+      );
     }
     out.dataset.promoted = String(!!res.promoted);
   } catch (err) {
