@@ -7,6 +7,7 @@ every recorded action is checked against the same brain replayed on the same fra
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -319,3 +320,14 @@ def test_the_part_imports_without_donkeycar() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_the_example_drives_the_sim_car_through_a_vehicle(Vehicle: Any, store) -> None:
+    """examples/donkeycar_drive2d.py: the README's lines in a vehicle, drive2d as the car."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "donkeycar_drive2d.py"
+    cmd = [sys.executable, str(example), "--model-root", str(store["models"]), "--loops", "30", "--rate-hz", "200"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["driven"] == 30 and summary["stopped"] == {} and summary["versions"] == [store["version"]]
+    assert summary["episodes"] >= 1 and 0.0 <= summary["mean_progress"] <= 1.0
