@@ -95,9 +95,10 @@ class ShadowConfig(ConfigModel):
     of all ticks offered: a dropped tick is an observation the candidate's recurrent state never
     saw, so with many of them the comparison is not of the trajectory the robot drove."""
     buffer_bytes: int = Field(1 << 20, ge=4096, le=64 << 20)
-    """Socket buffer for ticks on their way to the shadow worker (a 10-number tick is ~70 bytes:
-    1 MiB holds ~10,000 of them, more than a minute at 100 Hz; the kernel may cap it at
-    ``net.core.wmem_max``). A tick that finds it full is dropped and counted, never waited for
+    """Socket buffer for ticks on their way to the shadow worker: 1 MiB holds ~2,700 ticks of a
+    10-number observation (the kernel counts ~380 bytes per small message; measured), 27 s of a
+    100 Hz loop that the worker may fall behind before ticks drop. The kernel may cap it at
+    ``net.core.wmem_max``. A tick that finds it full is dropped and counted, never waited for
     (the served answer must not wait for the shadow)."""
     reservoir_size: int = Field(65536, ge=16, le=1 << 24)
     """Values kept for the percentiles: exact up to this many ticks, a uniform sample beyond."""

@@ -124,6 +124,8 @@ MAX_SESSION_ID_LEN = 128
 MAX_LOAD_ATTEMPTS = 5
 #: Refused versions remembered in :meth:`BrainService.status` (the newest ones).
 MAX_REFUSED = 20
+#: How long :meth:`BrainService.start_shadow` waits for the shadow worker to load the candidate.
+SHADOW_START_TIMEOUT_S = 120.0
 #: Session evictions listed in :meth:`BrainService.status` (the newest ones).
 MAX_EVICTIONS_SHOWN = 20
 
@@ -268,6 +270,7 @@ class BrainService:
         self._shadow: ShadowRunner | None = None  # the running window; act reads it once per call
         self._shadow_last: ShadowRunner | None = None  # the newest finished window of this process
         self._shadow_lock = threading.Lock()  # start/stop of shadows; act never takes it
+        self._shadow_ref_lock = threading.Lock()  # swapping the _shadow reference, nothing else
         self._shadow_candidate_stat: tuple[int, int, int] | None = None  # candidate manifest at start
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -804,7 +807,12 @@ class BrainService:
             )
             self._shadow_candidate_stat = stat_before
             runner.start()
-            self._shadow = runner  # from now on act offers its ticks
+            if not runner.wait_ready(SHADOW_START_TIMEOUT_S):  # the window starts once the worker runs
+                record = runner.stop("the shadow worker did not start in time")
+                why = (record or {}).get("reason") or f"not ready within {SHADOW_START_TIMEOUT_S:g} s"
+                raise ShadowConflictError(f"candidate {candidate.version} cannot shadow: {why}")
+            with self._shadow_ref_lock:
+                self._shadow = runner  # from now on act offers its ticks
         log.info(
             "shadowing candidate %s beside %s (window: %s ticks, %s s)",
             candidate.version,
@@ -837,8 +845,9 @@ class BrainService:
         return _json_safe({**_EMPTY_SHADOW, **record, "active": False}) if record else dict(_EMPTY_SHADOW)
 
     def _shadow_finished(self, runner: ShadowRunner) -> None:
-        """The worker's last word: the window is over and recorded."""
-        with self._shadow_lock:
+        """The worker's last word: the window is over and recorded (the reference lock only:
+        :meth:`start_shadow` may hold the start lock while it waits for this very runner)."""
+        with self._shadow_ref_lock:
             self._shadow_last = runner
             if self._shadow is runner:
                 self._shadow = None

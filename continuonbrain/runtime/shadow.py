@@ -107,6 +107,7 @@ class ShadowRunner:
         self._summary: dict[str, Any] = {}
         self._sessions = 0
         self._ready = False
+        self._ready_event = threading.Event()  # set on the worker's "ready", or when the window ends
         self._worker_pid: int | None = None
         self._done = False  # no more ticks are sent
         self._finished = False  # the worker's last message came
@@ -205,6 +206,12 @@ class ShadowRunner:
             self._monitor.join(timeout=STOP_TIMEOUT_S + 5)
         return self.record
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the worker has loaded the candidate (True) or the window ended without it
+        (False: :attr:`record` says why), at most ``timeout`` seconds."""
+        self._ready_event.wait(timeout)
+        return self._ready and self.record is None
+
     @property
     def dropped(self) -> int:
         return self._dropped
@@ -237,6 +244,7 @@ class ShadowRunner:
             log.error("cannot write the shadow record to %s: %s", self.model_root, exc)
             record["write_error"] = f"{type(exc).__name__}: {exc}"
         self.record = record  # only now does the status say "over": the file is there to read
+        self._ready_event.set()
         for sock in (self._ticks, self._control):
             sock.close()
         log.info(
@@ -274,6 +282,7 @@ class ShadowRunner:
             event = message.get("event")
             if event == "ready":
                 self._ready, self._worker_pid = True, message.get("pid")
+                self._ready_event.set()
             elif event == "stats":
                 self._summary, self._sessions = message["summary"], int(message.get("sessions") or 0)
             elif event == "done":
