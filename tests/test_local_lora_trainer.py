@@ -85,7 +85,8 @@ def test_the_shipped_config_and_overrides(tmp_path: Path) -> None:
     cfg = LocalTrainerJobConfig.from_json(DONKEY)
     assert cfg.action_keys == ["steering", "throttle"]
     assert cfg.per_key_bounds == {"steering": [-1.0, 1.0], "throttle": [-1.0, 1.0]}
-    assert cfg.safety_config() == SafetyGateConfig()  # the shipped gate is the documented default
+    # the shipped gate is the documented default, with the car's own ceiling (the default is reach2d's)
+    assert cfg.safety_config() == SafetyGateConfig(avg_action_delta_threshold=0.25)
     data = {**json.loads(DONKEY.read_text()), "rlds_dir": "episodes", "model_root": "../models"}
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "job.json").write_text(json.dumps(data))
