@@ -64,8 +64,9 @@ def save_brain(tmp: Path, cfg: HopeConfig, seed: int, *, nan: bool = False) -> P
     torch.manual_seed(seed)
     brain = HopeBrain.build(cfg)
     if nan:
+        assert brain.fast_loop is not None
         with torch.no_grad():
-            next(p for p in brain.fast_loop.parameters() if p.ndim == 2)[0, 0] = float("nan")  # type: ignore[union-attr]
+            next(p for p in brain.fast_loop.parameters() if p.ndim == 2)[0, 0] = float("nan")
     work = tmp / f"brain-{seed}-{nan}"
     brain.save(work)
     return work

@@ -91,8 +91,9 @@ class ContinuonPilot:
     ``input_keys``: the model's state keys that the further inputs are, in order (None: the
     model's ``state_keys`` in their order). ``backend``, ``watch_interval_s``, ``torch_threads``:
     the :class:`BrainService`'s (``torch_threads`` is set for the whole process, one by default:
-    a batch of one gains nothing from more, and the car's other parts need the second core). ``reset_after_s``: a pause after which the recurrent state
-    starts over. ``log_every_s``: how often a repeated stop reason is logged again.
+    a batch of one gains nothing from more, and the car's other parts need the second core).
+    ``reset_after_s``: a pause after which the recurrent state starts over. ``log_every_s``:
+    how often a repeated stop reason is logged again.
     """
 
     def __init__(
