@@ -246,7 +246,14 @@ def test_scrubbing_an_image_episode_shows_its_frames_and_actions(page, car_site)
 
 
 CHECKS_REJECTED = {
-    "held_out": {"candidate": 0.061, "current": 0.058, "paired_mean_diff": 0.003, "margin": 0.01, "passed": True},
+    "held_out": {
+        "candidate": 0.061,
+        "current": 0.058,
+        "paired_mean_diff": 0.003,
+        "margin": 0.01,
+        "episode_ids": [f"ep{i}" for i in range(10)],
+        "passed": True,
+    },
     "sim_twin": {"metric": "success_rate", "candidate": 0.42, "current": 0.86, "margin": 0.05, "passed": False},
     "forgetting": {"original_distance": 0.071, "limit": 0.08, "passed": True},
 }
@@ -287,6 +294,7 @@ def test_gate_checks_show_each_check_with_its_figures_and_mark(page, servers, ar
     for figure in ("metric success_rate", "candidate 0.42", "current 0.86", "margin 0.05"):
         expect(twin).to_contain_text(figure)
     expect(rejected.locator("li[data-check=held_out]")).to_contain_text("paired mean diff 0.003")
+    expect(rejected.locator("li[data-check=held_out]")).to_contain_text("episode_ids [ep0, ep1, ep2, ep3, … 6 more]")
     expect(rejected.locator("li[data-check=forgetting]")).to_have_attribute("data-passed", "true")
     assert error_messages(page) == []
 

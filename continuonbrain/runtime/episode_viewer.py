@@ -71,7 +71,9 @@ def image_keys(episode: Episode) -> dict[str, list[int]]:
 
 
 def _is_pixels(col: np.ndarray) -> bool:
-    return col.dtype == np.uint8 and col.ndim == 4 and col.shape[-1] in (1, 3, 4)
+    """``[T, H, W, C]`` pixels stored as numbers: uint8, or floats (an image written as JSON
+    lists reads back as float32), with 1, 3 or 4 channels."""
+    return col.dtype.kind in "uf" and col.ndim == 4 and col.shape[-1] in (1, 3, 4) and min(col.shape[1:3]) >= 2
 
 
 class EpisodeViewer:
@@ -135,9 +137,11 @@ class EpisodeViewer:
         if not isinstance(obs, dict) or image_key not in keys:
             raise EpisodeNotFound(f"episode {key} has no image {image_key!r} (its images: {sorted(keys) or 'none'})")
         col = obs[image_key]
+        source = ep.source
         try:
             if isinstance(col, ImageColumn):
                 img = col[t]
+                source = str(img.path) if img.path is not None else source
                 media = MEDIA_TYPES.get((img.format or "").lower())
                 if media is not None:
                     img.shape  # noqa: B018 - reads the header: a broken file fails here, not in the browser
@@ -145,7 +149,7 @@ class EpisodeViewer:
                 return _png(img.decode()), "image/png"
             return _png(np.asarray(col[t])), "image/png"
         except RLDSError as err:
-            where = err.at(episode=ep.episode_id, field=f"observation/{image_key}")
+            where = err.at(file=source, episode=ep.episode_id, field=f"observation/{image_key}")
             raise EpisodeUnreadable(f"{where} (step {t})") from None
 
     # -- internals -------------------------------------------------------------------------
@@ -211,9 +215,17 @@ def _values(value: Any) -> Any:
 
 
 def _png(pixels: np.ndarray) -> bytes:
+    """Pixels as PNG. Floats are taken as 0-255 values, or as 0-1 when none exceeds 1 (both
+    conventions are in use), clipped to that range."""
     from PIL import Image
 
-    arr = np.ascontiguousarray(pixels)
+    arr = np.asarray(pixels)
+    if arr.dtype != np.uint8:
+        arr = arr.astype(np.float64)
+        finite = arr[np.isfinite(arr)]
+        scale = 255.0 if finite.size and finite.max() <= 1.0 else 1.0
+        arr = np.clip(np.nan_to_num(arr * scale), 0, 255).round().astype(np.uint8)
+    arr = np.ascontiguousarray(arr)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[:, :, 0]
     buf = io.BytesIO()

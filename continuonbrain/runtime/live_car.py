@@ -100,7 +100,9 @@ def apply_action(env: Drive2DEnv, run: CarRun, action: Any) -> dict:
             run.last_end = "off_track"
         run.episode += 1
         run.fresh_session = True
-        obs, _ = env.reset(seed=run.track_seed + run.episode)
+        obs, info = env.reset(seed=run.track_seed + run.episode)
+        run.progress, run.cross_track_error = 0.0, float(info["cross_track_error"])
+        run.off_track, run.speed = False, 0.0
     return obs
 
 

@@ -18,11 +18,18 @@ const LABELS = {
   paired_mean_diff: "paired mean diff",
 };
 
+/** Items of a list figure shown before "… N more". */
+const MAX_LIST = 4;
+
 function fmtValue(value) {
   if (value === null || value === undefined) return "–";
   if (typeof value === "number") return fmtNum(value);
   if (typeof value === "boolean") return value ? "yes" : "no";
-  if (Array.isArray(value)) return `[${value.map(fmtValue).join(", ")}]`;
+  if (Array.isArray(value)) {
+    // e.g. the held-out episode ids: the first few say what they are, the count says the rest
+    const shown = value.slice(0, MAX_LIST).map(fmtValue).join(", ");
+    return `[${shown}${value.length > MAX_LIST ? `, … ${value.length - MAX_LIST} more` : ""}]`;
+  }
   if (typeof value === "object") {
     return `{${Object.entries(value)
       .map(([k, v]) => `${k}: ${fmtValue(v)}`)
