@@ -3,6 +3,7 @@ whether hostile clients can stall it.
 
     python bench/bench_api.py [--requests 3000] [--seconds 5] [--promotions 10] [--stall-seconds 8]
     python bench/bench_api.py --only-stall [--server-repo DIR]     # the stall test alone
+    python bench/bench_api.py --only-shadow [--requests 3000] [--rounds 4]   # the shadow test alone
 
 The server is ``continuonbrain serve`` in its own process (as on the robot), serving a seed
 trained with the shipped ``pi5-hope-v1`` config (cached under ``--data``, shared with
@@ -29,6 +30,12 @@ are the server's plus one loopback round trip. Three measurements:
    per phase; the attacker runs at nice 19 on the same cores. This server runs under
    ``ulimit -n 1024`` (a Pi's default). ``--server-repo`` runs the server from another
    checkout (e.g. one before the limits) for a comparison.
+5. **Shadow test** (issue 13): one client, the same observation sequence, ``--requests``
+   calls per phase, alternating ``--rounds`` times between no shadow and a candidate running
+   in shadow (``POST /api/models/shadow``; the candidate is a variant of the served brain),
+   so that drift in the machine's load falls on both sides alike. p50/p99 of the round trip
+   and of ``latency_us`` with and without, the shadow's own figures (ticks compared,
+   dropped, the candidate's act latency). Goal: no measurable slowdown of the served answer.
 """
 
 from __future__ import annotations
@@ -119,6 +126,90 @@ def one_client(port: int, n: int) -> dict[str, Any]:
         assert status == 200, body
         server.append(body["latency_us"] / 1e3)
     return {"requests": n, "round_trip_ms": pct(rtt), "service_ms": pct(server)}
+
+
+def shadow_test(port: int, models: Path, n: int, rounds: int) -> dict[str, Any]:
+    """``/api/infer`` from one client with and without a candidate in shadow, in alternating
+    phases of ``n`` calls over the same observation sequence (see the module doc, item 5)."""
+    import numpy as np
+
+    token = (models / "api_token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    _write_variant_candidate(models)
+    rng = np.random.default_rng(0)
+    bodies = [
+        json.dumps({"observation": o, "session_id": "bench-shadow"}).encode()
+        for o in rng.uniform(-1.0, 1.0, (n, len(OBS))).round(4).tolist()
+    ]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def call(method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+        conn.request(method, path, body, auth)
+        r = conn.getresponse()
+        return r.status, json.loads(r.read())
+
+    def phase() -> tuple[list[float], list[float]]:
+        rtt, service = [], []
+        for body in bodies:
+            t0 = time.perf_counter()
+            conn.request("POST", "/api/infer", body, auth)
+            r = conn.getresponse()
+            data = r.read()
+            rtt.append((time.perf_counter() - t0) * 1e3)
+            assert r.status == 200, data
+            service.append(json.loads(data)["latency_us"] / 1e3)
+        return rtt, service
+
+    phase()  # warm-up
+    out: dict[str, dict[str, list[float]]] = {"without": {"rtt": [], "svc": []}, "with": {"rtt": [], "svc": []}}
+    shadows = []
+    for _ in range(rounds):
+        rtt, svc = phase()
+        out["without"]["rtt"] += rtt
+        out["without"]["svc"] += svc
+        status, started = call("POST", "/api/models/shadow", json.dumps({"window_ticks": 10 * n}).encode())
+        assert status == 200, started
+        rtt, svc = phase()
+        out["with"]["rtt"] += rtt
+        out["with"]["svc"] += svc
+        time.sleep(0.2)  # let the worker finish the queue, so ticks + dropped == n
+        status, stopped = call("DELETE", "/api/models/shadow")
+        assert status == 200, stopped
+        keep = ("ticks", "dropped", "mean_action_distance", "p95_action_distance", "latency_us_p50", "latency_us_p99")
+        shadows.append({k: stopped.get(k) for k in keep})
+    conn.close()
+    return {
+        "requests_per_phase": n,
+        "rounds": rounds,
+        "without_shadow": {"round_trip_ms": pct(out["without"]["rtt"]), "service_ms": pct(out["without"]["svc"])},
+        "with_shadow": {"round_trip_ms": pct(out["with"]["rtt"]), "service_ms": pct(out["with"]["svc"])},
+        "shadow_windows": shadows,
+    }
+
+
+def _write_variant_candidate(models: Path) -> str:
+    """A candidate whose Fast-loop matrices are the served brain's x 0.97 (a different model of
+    the same shape and cost), written through the store as a trainer would."""
+    from safetensors.numpy import load_file, save_file
+
+    from continuonbrain.models.store import PromotionStore
+
+    store = PromotionStore(models)
+    work = models.parent / "shadow-candidate"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    for src in sorted((models / "current").resolve().iterdir()):
+        if src.name == "manifest.json":
+            continue
+        if src.name == "fast_loop.safetensors":
+            tensors = {k: (v * 0.97).astype(v.dtype) if v.ndim == 2 else v for k, v in load_file(str(src)).items()}
+            save_file(tensors, str(work / src.name))
+        else:
+            shutil.copy2(src, work / src.name)
+    manifest = store.write_slot(
+        "candidate", sorted(work.iterdir()), components=["vqvae", "mid_loop", "fast_loop"], kind="hope-seed"
+    )
+    return manifest["version"]
 
 
 def pct(xs: list[float]) -> dict[str, float]:
@@ -497,6 +588,8 @@ def main() -> None:
     parser.add_argument("--stall-seconds", type=float, default=8.0, help="length of each stall-test phase")
     parser.add_argument("--skip-stall", action="store_true", help="leave out the stall test")
     parser.add_argument("--only-stall", action="store_true", help="run the stall test alone")
+    parser.add_argument("--only-shadow", action="store_true", help="run the shadow test alone")
+    parser.add_argument("--rounds", type=int, default=4, help="shadow test: alternations of without/with")
     parser.add_argument("--server-repo", type=Path, default=REPO, help="checkout the stall test's server runs from")
     args = parser.parse_args()
 
@@ -518,6 +611,23 @@ def main() -> None:
     shutil.copytree(seed, models, symlinks=True, ignore=shutil.ignore_patterns("api_token"))
     port = free_port()
     server = start_server(models, port, work / "server.log")
+    if args.only_shadow:
+        try:
+            shadow = shadow_test(port, models, args.requests, args.rounds)
+        finally:
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=60)
+        report = {
+            "command": "python bench/bench_api.py " + " ".join(sys.argv[1:]),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "shadow": shadow,
+        }
+        out = args.out or REPO / "bench" / "results" / "bench_api_shadow.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report, indent=2))
+        shutil.rmtree(work, ignore_errors=True)
+        return
     try:
         single = one_client(port, args.requests)
         print(f"1 client: {single}", file=sys.stderr)
@@ -530,6 +640,8 @@ def main() -> None:
         for label, rate in (("control_rate", args.control_hz), ("saturated", 0.0)):
             swap_results[label] = swap_test(port, models, args.clients, args.promotions, gap, rate)
             print(f"swap test ({label}): {swap_results[label]}", file=sys.stderr)
+        shadow = shadow_test(port, models, args.requests, args.rounds)
+        print(f"shadow test: {shadow}", file=sys.stderr)
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=60)
@@ -542,6 +654,7 @@ def main() -> None:
         "meets_goal": single["round_trip_ms"]["p99"] <= GOAL_P99_MS,
         "concurrent": {k: v for k, v in many.items() if k != "extra"},
         "swap": swap_results,
+        "shadow": shadow,
         "stall": stall,
     }
     out = args.out or REPO / "bench" / "results" / "bench_api.json"
