@@ -149,3 +149,41 @@ def test_bad_frames_are_named(client: httpx.Client, frames: list[np.ndarray]) ->
 
     r = post(client, b64(encode(frame, "PNG")), **{"enc/speed": "fast"})
     assert r.status_code == 422 and "'enc/speed'" in detail(r) and "image keys" in detail(r)
+
+
+# --- the decoder on its own ------------------------------------------------------------------
+
+
+def test_palette_pngs_expand_and_gray_frames_fit_one_channel_models() -> None:
+    from continuonbrain.runtime.frames import as_frame
+
+    rgb = np.zeros((8, 12, 3), np.uint8)
+    rgb[:, :6] = [200, 30, 10]
+    palette = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=4)  # exact: two colours
+    buf = io.BytesIO()
+    palette.save(buf, format="PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode == "P"
+    np.testing.assert_array_equal(as_frame("cam", b64(buf.getvalue()), (8, 12, 3), max_chars=1 << 16), rgb)
+
+    gray = np.arange(96, dtype=np.uint8).reshape(8, 12)
+    got = as_frame("cam", b64(encode(gray, "PNG")), (8, 12, 1), max_chars=1 << 16)
+    assert got.shape == (8, 12, 1) and got.dtype == np.uint8 and (got[..., 0] == gray).all()
+    assert (as_frame("cam", gray.tolist(), (8, 12, 1), max_chars=0)[..., 0] == gray).all()  # 2-D lists too
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ((np.ones((8, 12, 3)) * 0.5).tolist(), "whole numbers 0-255"),  # a frame scaled to [0, 1]
+        (np.ones((8, 12, 3), bool).tolist(), "must be numbers"),
+        ([[1, 2], [3]], "not an image array"),  # ragged
+        ([[[-1, 0, 0]] * 12] * 8, "within 0-255"),
+        (np.zeros((8, 12, 4), np.uint8), "[8, 12, 4]"),
+    ],
+)
+def test_array_frames_that_are_not_pixels_are_named(value: Any, message: str) -> None:
+    from continuonbrain.runtime.frames import FrameError, as_frame
+
+    with pytest.raises(FrameError, match=r"observation\['cam'\]") as err:
+        as_frame("cam", value, (8, 12, 3), max_chars=0)
+    assert message in str(err.value) and err.value.status_code == 422
