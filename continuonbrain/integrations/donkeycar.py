@@ -3,7 +3,7 @@
 In a car's ``manage.py``::
 
     from continuonbrain.integrations.donkeycar import ContinuonPilot
-    V.add(ContinuonPilot("/home/pi/models"), inputs=["cam/image_array"],
+    V.add(ContinuonPilot(cfg.CAR_PATH + "/brain"), inputs=["cam/image_array"],
           outputs=["pilot/angle", "pilot/throttle"], run_condition="run_pilot")
 
 How it works, and why:
