@@ -409,6 +409,10 @@ ROUTES = {
     ("/api/episodes/view", "get"),
     ("/api/episodes/step", "get"),
     ("/api/episodes/frame", "get"),
+    # live shadow mode (issue 13)
+    ("/api/models/shadow", "post"),
+    ("/api/models/shadow", "get"),
+    ("/api/models/shadow", "delete"),
 }
 #: The routes that need the token.
 AUTH_ROUTES = {
@@ -418,6 +422,8 @@ AUTH_ROUTES = {
     ("/api/training/adapt", "post"),
     ("/api/training/stop", "post"),
     ("/api/episodes/quarantine", "post"),
+    ("/api/models/shadow", "post"),
+    ("/api/models/shadow", "delete"),
 }
 
 

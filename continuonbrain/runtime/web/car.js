@@ -40,10 +40,19 @@ export function initCar() {
   draw();
 }
 
-/** Show the car (and hide the arm) when the served brain is a camera brain of drive2d's camera. */
+/** Show the car (and hide the arm) when the served brain is a camera brain. One whose cameras
+ * are not drive2d's gets the car panel too, saying why it cannot drive it (the arm would only
+ * answer 422 on every tick). */
 export function chooseLiveSim(status) {
   const service = (status && status.service) || {};
-  const camera = (service.image_keys || []).includes(CAR_IMAGE_KEY);
+  const keys = service.image_keys || [];
+  const camera = keys.length > 0;
+  const fits = keys.includes(CAR_IMAGE_KEY);
+  $("car-run").disabled = camera && !fits;
+  if (camera && !fits) {
+    showBanner(`the served brain's cameras (${keys.join(", ")}) are not drive2d's ${CAR_IMAGE_KEY}: no live sim can feed it`);
+    pause();
+  }
   if (camera === car.shown) return;
   car.shown = camera;
   $("panel-car").classList.toggle("hidden", !camera);
