@@ -177,8 +177,9 @@ def train_linear(tubs: Path, work: Path, steps: int) -> dict[str, Any]:
     if result.exists():
         return {**json.loads(result.read_text()), "reused": True}
     shutil.rmtree(out, ignore_errors=True)
+    snaps = ",".join(str(n) for n in (250, 500, 1000) if n < steps)
     run = measured([sys.executable, str(LINEAR), "train", "--data", str(tubs), "--steps", str(steps),
-                    "--out", str(out)], work / "logs" / "linear-train.json")  # fmt: skip
+                    "--out", str(out), "--snapshots", snaps], work / "logs" / "linear-train.json")  # fmt: skip
     info = {**last_json(work / "logs" / "linear-train.json"), "model": str(out), "train_s": run["wall_s"],
             "train_cpu_s": run["cpu_s"], "peak_rss_mb": run["peak_rss_mb"]}  # fmt: skip
     result.write_text(json.dumps(info) + "\n")

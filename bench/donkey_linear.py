@@ -145,12 +145,21 @@ def load_frames(data: Path, image_key: str = IMAGE_KEY) -> tuple[np.ndarray, np.
 
 
 def train(
-    data: Path, steps: int, out: Path, *, batch_size: int = BATCH_SIZE, seed: int = 0, threads: int = 2
+    data: Path,
+    steps: int,
+    out: Path,
+    *,
+    batch_size: int = BATCH_SIZE,
+    seed: int = 0,
+    threads: int = 2,
+    snapshots: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """Fit the port for ``steps`` Adam steps of ``batch_size`` frames (epoch-wise shuffles,
-    the last partial batch of an epoch included, as ``model.fit`` does) and save it to ``out``."""
+    the last partial batch of an epoch included, as ``model.fit`` does) and save it to ``out``.
+
+    ``snapshots``: also save the weights after these step counts, to ``out/step_NNNNNN``
+    (a learning curve, and something to evaluate if a long run on a busy machine is cut short)."""
     import torch
-    from safetensors.torch import save_file
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -166,7 +175,7 @@ def train(
     order = torch.randperm(len(x), generator=gen)
     pos = 0
     t0 = time.perf_counter()
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         if pos >= len(order):
             order, pos = torch.randperm(len(x), generator=gen), 0
         idx = order[pos : pos + batch_size]
@@ -178,10 +187,10 @@ def train(
         loss.backward()
         opt.step()
         losses.append(loss.item())
+        if step in snapshots and step < steps:
+            _save(net, out / f"step_{step:06d}", images.shape[1:], step, batch_size)
     train_s = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"input_shape": json.dumps(list(images.shape[1:])), "steps": str(steps), "batch_size": str(batch_size)}
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / WEIGHTS), metadata=meta)
+    _save(net, out, images.shape[1:], steps, batch_size)
     head = losses[: min(10, len(losses))]
     tail = losses[-min(50, len(losses)) :]
     return {
@@ -195,6 +204,14 @@ def train(
         "initial_loss": round(float(np.mean(head)), 5),
         "final_loss": round(float(np.mean(tail)), 5),
     }
+
+
+def _save(net: Any, out: Path, input_shape: tuple[int, ...], steps: int, batch_size: int) -> None:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"input_shape": json.dumps(list(input_shape)), "steps": str(steps), "batch_size": str(batch_size)}
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / WEIGHTS), metadata=meta)
 
 
 class LinearPilot:
@@ -256,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads for training (the HOPE config's)")
+    p.add_argument("--snapshots", default="", help="comma-separated step counts to save the weights after too")
     p = sub.add_parser("latency", help="act latency on recorded frames, one thread; prints JSON")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True)
@@ -264,8 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "train":
         if args.steps < 1 or args.batch_size < 1:
             parser.error("--steps and --batch-size must be >= 1")
+        snaps = tuple(int(x) for x in args.snapshots.split(",") if x.strip())
         print(json.dumps(train(args.data, args.steps, args.out, batch_size=args.batch_size, seed=args.seed,
-                               threads=args.threads)))  # fmt: skip
+                               threads=args.threads, snapshots=snaps)))  # fmt: skip
     else:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         images, _ = load_frames(args.data)
