@@ -29,11 +29,21 @@ def test_each_is_a_config_model_with_its_defaults(cls: type[ConfigModel]) -> Non
 
 def test_defaults_unchanged() -> None:
     assert SafetyGateConfig().to_dict() == {
-        "avg_action_delta_threshold": 0.25,
+        # 0.40 since issue 13: the ceiling measured on held-out episodes (BENCHMARKS "Promotion gate")
+        "avg_action_delta_threshold": 0.4,
         "max_eval_steps": 1024,
         "eval_tail_episodes": 8,
         "allow_promotion_without_eval": False,
         "regression_margin": 0.02,
+        "margin_se_k": 3.0,
+        "sim_env": None,
+        "sim_env_kwargs": None,
+        "sim_episodes": 20,
+        "sim_seed": 1000,
+        "sim_margin": 0.1,
+        "sim_distance_margin": 0.05,
+        "sim_return_margin": 0.1,
+        "require_shadow": False,
     }
     assert GatingConfig().to_dict() == {
         "min_battery": 0.4,

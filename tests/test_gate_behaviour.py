@@ -204,8 +204,9 @@ def test_the_store_gate_config_is_what_every_path_reads(tmp_path: Path) -> None:
     from continuonbrain.trainer.lora_config import LocalTrainerJobConfig
 
     pkg = Path(__file__).resolve().parents[1] / "continuonbrain" / "configs"
-    for name in ("pi5-donkey.json", "sim-arm-lora.json"):
-        assert LocalTrainerJobConfig.load(pkg / name).safety_config().avg_action_delta_threshold == 0.25
+    ceilings = {"pi5-donkey.json": 0.25, "sim-arm-lora.json": 0.4}  # the arm's is reach2d's measured one
+    for name, ceiling in ceilings.items():
+        assert LocalTrainerJobConfig.load(pkg / name).safety_config().avg_action_delta_threshold == ceiling
 
 
 # --------------------------------------------------------------------------- real models on reach2d

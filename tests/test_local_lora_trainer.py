@@ -285,7 +285,7 @@ def test_a_camera_seed_adapts_with_the_shipped_donkeycar_config(tmp_path: Path) 
     for side in ("candidate", "current"):
         assert result.gate[side]["error"] is None and result.gate[side]["steps"] == 8 * 40
         assert result.gate[side]["violations"] == 0
-    assert result.gate["config"]["avg_action_delta_threshold"] == 0.25
+    assert result.gate["config"]["avg_action_delta_threshold"] == SafetyGateConfig().avg_action_delta_threshold
 
 
 # --------------------------------------------------------------------------- 3. bad candidates

@@ -4,9 +4,13 @@
   ``rejected/``), manifests with every file's sha256, the crash journal, ``audit.jsonl`` and
   the servers' leases. Standard library only: no torch, no numpy.
 * :mod:`~continuonbrain.models.safety`: the gate's decision and its action guards (numpy).
-* :mod:`~continuonbrain.models.promotion`: the one gate path for seeds and adapters: which
-  episodes judge (real ones, newest first), shadow runs, promote or reject. Importing it does
-  not import torch; loading a HOPE brain does.
+* :mod:`~continuonbrain.models.promotion`: the one gate path for seeds and adapters: paired
+  shadow runs of candidate and current, the replay (forgetting) and sim twin evidence, promote
+  or reject. Importing it does not import torch; loading a HOPE brain does.
+* :mod:`~continuonbrain.models.held_out`: which episodes judge (real ones, held out of
+  training and recorded in the candidate's manifest).
+* :mod:`~continuonbrain.models.gate_config`: the store's ``gate_config.json``, read by every
+  path that gates.
 
 The runtime, the simulators, the CLI and the trainers all use this package; it imports only
 :mod:`continuonbrain.rlds`, :mod:`continuonbrain.hope` (when a brain is loaded) and

@@ -16,14 +16,16 @@ trainer, is judged by :func:`gate_candidate`, and its verdict is applied by
     audit.jsonl, the promoted manifest's gate and rejected/<version>/gate.json record why
         (gate_record: passed, reason, both runs' metrics, checks with every value)
 
-Where the held-out episodes come from (:func:`manifest_held_out`): both trainers hold out the
+Where the held-out episodes come from (:mod:`~continuonbrain.models.held_out`,
+:func:`manifest_held_out`): both trainers hold out the
 newest real episodes of their data and record them in the candidate's manifest (``held_out``:
 ``rlds_dir``, ``split``, ``episode_ids``; :func:`held_out_record`). A manifest written before
 that falls back to the newest ``eval_tail_episodes`` episodes of its ``rlds_dir``, and the
 record says so (they may have been training data). The adapter trainer hands its held-out
 episodes in directly (:func:`hold_out`).
 
-Which config (:func:`load_gate_config`): ``<model_root>/gate_config.json`` when the store has
+Which config (:mod:`~continuonbrain.models.gate_config`, :func:`load_gate_config`):
+``<model_root>/gate_config.json`` when the store has
 one, so that ``models promote``, ``POST /api/models/promote``, the adapter trainer and the
 demo judge a store's candidates alike; else the adapter job's ``safety`` section (the server
 passes its adaptation config's), else the defaults. ``models promote --sim-env ENV
@@ -55,19 +57,19 @@ The rules are the same for every path:
 Importing this module does not import torch: :func:`hope_policy` imports the HOPE brain when
 it loads one, so the stub path and the store's users stay free of it.
 
-Why one module of this length: it is the one promotion gate, and the rule is that there is
-one path: held-out selection, shadow runs, the sim twin call, the gate call and applying the
-verdict are the steps of that single path, and keeping them together is what keeps the seed
-and adapter paths from drifting apart.
+Why one module of 555 lines: it is the one promotion gate, and the rule is that there is one
+path: shadow runs, the replay and sim twin evidence, the gate call and applying the verdict
+are the steps of that single path, and keeping them together is what keeps the seed and
+adapter paths from drifting apart. Which episodes judge (:mod:`~continuonbrain.models.held_out`)
+and which config (:mod:`~continuonbrain.models.gate_config`) are their own modules; their
+names are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +77,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from continuonbrain.models.gate_config import GATE_CONFIG_FILE, load_gate_config, write_gate_config
+from continuonbrain.models.held_out import (
+    held_out_record,
+    hold_out,
+    manifest_held_out,
+    real_episodes,
+    select_episodes,
+    tail_episodes,
+)
 from continuonbrain.models.safety import (
     ActionDistance,
     GateResult,
@@ -87,7 +98,7 @@ from continuonbrain.models.safety import (
     sim_check,
 )
 from continuonbrain.models.store import PromotionStore, StoreError
-from continuonbrain.rlds import Episode, read_episodes
+from continuonbrain.rlds import Episode
 
 if TYPE_CHECKING:
     from continuonbrain.hope import HopeBrain, HopeConfig
@@ -130,38 +141,7 @@ Guards = tuple[ActionDistance, Violates]
 GATE_METRICS = ("steps", "episodes", "avg_action_delta", "violations", "first_violation", "error")
 
 
-# --------------------------------------------------------------------------- evaluation data
-
-
-def real_episodes(episodes: Iterable[Episode]) -> list[Episode]:
-    """The episodes a gate may judge on: recorded ones, never imagined ones."""
-    return [ep for ep in episodes if not ep.is_imagined]
-
-
-def tail_episodes(rlds_dir: str | os.PathLike, n: int) -> list[Episode]:
-    """The newest ``n`` good real episodes under ``rlds_dir``, oldest first.
-
-    Read order is sorted by name (episode ids and logger file names grow with time); imagined
-    episodes are skipped (a gate judges on real data). At most ``n`` episodes are kept while
-    the directory streams by, frames still encoded: a gate's worth is small.
-    """
-    if n <= 0:
-        return []
-    tail: deque[Episode] = deque(maxlen=n)
-    for ep in read_episodes(rlds_dir, on_error="skip"):
-        if not ep.is_imagined:
-            tail.append(ep)
-    return list(tail)
-
-
-def hold_out(episodes: Sequence[Episode], n: int) -> tuple[list[Episode], list[Episode]]:
-    """``(train, held_out)`` for a trainer that gates what it trains: the newest ``n`` real
-    episodes of ``episodes`` (oldest first) are held out for the gate; everything else,
-    imagined episodes included, is training data. Order is kept in both lists."""
-    real = [i for i, ep in enumerate(episodes) if not ep.is_imagined]
-    held = set(real[-n:]) if n > 0 else set()
-    train = [ep for i, ep in enumerate(episodes) if i not in held]
-    return train, [ep for i, ep in enumerate(episodes) if i in held]
+# --------------------------------------------------------------------------- observations
 
 
 def step_observations(config: HopeConfig | Any) -> Callable[[Episode], Iterator[Any]]:
@@ -530,121 +510,6 @@ def apply_gate(store: PromotionStore, result: GateResult, record: dict[str, Any]
         store.promote(record)
     else:
         store.reject(record)
-
-
-# --------------------------------------------------------------------------- held-out sets
-
-
-#: The store's gate config, read by every path that gates (see :func:`load_gate_config`).
-GATE_CONFIG_FILE = "gate_config.json"
-
-
-def held_out_record(
-    rlds_dir: str | os.PathLike | None, episodes: Sequence[Episode], split: str | None = None
-) -> dict[str, Any]:
-    """What a trainer writes in its candidate's manifest (``held_out``) about the episodes it
-    held out and never trained on: enough to re-read exactly those (``rlds_dir``, ``split``,
-    ``episode_ids``, oldest first)."""
-    return {
-        "rlds_dir": None if rlds_dir is None else str(rlds_dir),
-        "split": split,
-        "episode_ids": [ep.episode_id for ep in episodes],
-    }
-
-
-def select_episodes(rlds_dir: str | os.PathLike, ids: Sequence[str], split: str | None = None) -> list[Episode]:
-    """The episodes of ``rlds_dir`` whose ids are ``ids``, in that order; missing ones are left
-    out (the caller compares the counts). Bad episodes are skipped, frames stay encoded."""
-    wanted = set(ids)
-    found: dict[str, Episode] = {}
-    for ep in read_episodes(rlds_dir, split, on_error="skip"):
-        if ep.episode_id in wanted and ep.episode_id not in found:
-            found[ep.episode_id] = ep
-    return [found[i] for i in ids if i in found]
-
-
-def _same_dir(a: str | os.PathLike | None, b: str | os.PathLike | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return Path(a).resolve() == Path(b).resolve()
-
-
-def manifest_held_out(
-    manifest: Mapping[str, Any], cfg: SafetyGateConfig, rlds_dir: str | os.PathLike | None = None
-) -> tuple[list[Episode], dict[str, Any]]:
-    """The held-out episodes of a candidate, and where they came from (for ``checks["held_out"]``).
-
-    The manifest's ``held_out`` set (episodes the trainer never trained on), looked up by id in
-    ``rlds_dir`` when given (a moved or copied data directory), else in the directory the
-    trainer recorded (``source: "manifest"``; ids no longer there are listed as ``missing``).
-    Otherwise the newest ``eval_tail_episodes`` real episodes of ``rlds_dir`` (default: the
-    manifest's): for a candidate that records no held-out set and whose data is not
-    ``rlds_dir``, those are episodes of another directory (``source: "given"``); for one
-    trained on that directory (a manifest written before held-out sets were recorded), the
-    training data's tail (``source: "tail"``, with a ``note`` saying it may have been trained on).
-    """
-    record = manifest.get("held_out") if isinstance(manifest.get("held_out"), Mapping) else None
-    trained_on = manifest.get("rlds_dir")
-    ids = list((record or {}).get("episode_ids") or [])
-    where = rlds_dir if rlds_dir is not None else ((record or {}).get("rlds_dir") or trained_on)
-    if ids and where:
-        # the recorded ids, looked up where the caller says the data is now (a moved or copied
-        # directory holds the same episodes) or where the trainer read them
-        found = select_episodes(where, ids, (record or {}).get("split"))
-        info: dict[str, Any] = {"source": "manifest", "rlds_dir": str(where), "recorded": len(ids)}
-        if len(found) < len(ids):
-            missing = [i for i in ids if i not in {ep.episode_id for ep in found}]
-            info["missing"] = missing
-            info["note"] = f"{len(missing)} of the {len(ids)} held-out episodes are not in {where}"
-        if found:
-            return found, info
-    if not where:
-        return [], {"source": "none", "note": "the candidate's manifest names no rlds_dir and none was given"}
-    episodes = tail_episodes(where, cfg.eval_tail_episodes)
-    if rlds_dir is not None and not _same_dir(rlds_dir, trained_on) and not ids:
-        return episodes, {"source": "given", "rlds_dir": str(where)}
-    why = "records no held-out episodes" if not ids else f"lists held-out episodes that are not in {where}"
-    note = (
-        f"the candidate's manifest {why}: judged on the newest {len(episodes)} episodes of {where}, "
-        "which it may have been trained on"
-    )
-    log.warning("gate: %s", note)
-    return episodes, {"source": "tail", "rlds_dir": str(where), "note": note}
-
-
-def load_gate_config(
-    model_root: str | os.PathLike,
-    fallback: SafetyGateConfig | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> tuple[SafetyGateConfig, str]:
-    """The gate config of a model store, and where it came from: every path that gates a
-    candidate of this store (``models promote``, ``POST /api/models/promote``, the adapter
-    trainer, the demo) calls this, so they all judge with the same thresholds.
-
-    ``<model_root>/gate_config.json`` (a :class:`SafetyGateConfig` as JSON) when it exists,
-    else ``fallback`` (the adapter job's ``safety`` section; the server's adaptation config),
-    else the defaults; then ``overrides`` (``--sim-env``, ``--sim-episodes``: this call only).
-    A file that does not parse raises :class:`~continuonbrain.config_base.ConfigError` naming it.
-    """
-    path = Path(model_root) / GATE_CONFIG_FILE
-    if path.is_file():
-        cfg, source = SafetyGateConfig.load(path), str(path)
-    elif fallback is not None:
-        cfg, source = fallback, "the job's config"
-    else:
-        cfg, source = SafetyGateConfig(), "defaults"
-    if overrides:
-        cfg = cfg.with_overrides({k: v for k, v in overrides.items() if v is not None})
-        source += " + " + ", ".join(sorted(k for k, v in overrides.items() if v is not None))
-    return cfg, source
-
-
-def write_gate_config(model_root: str | os.PathLike, cfg: SafetyGateConfig) -> Path:
-    """Write ``cfg`` as the store's gate config (what ``make demo`` does with its sim twin)."""
-    path = Path(model_root) / GATE_CONFIG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
-    return path
 
 
 # --------------------------------------------------------------------------- the seed path
