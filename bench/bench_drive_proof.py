@@ -154,6 +154,8 @@ def train_hope(tubs: Path, work: Path, overrides: list[str], reuse: bool = False
         "train_cpu_s": run["cpu_s"],
         "peak_rss_mb": run["peak_rss_mb"],
         "gradient_steps": sum(int(c["steps"]) for c in comps.values()),
+        # the episodes the trainer kept out of training for the gate (the port skips them too)
+        "held_out": json.loads((hope / "run" / "state.json").read_text()).get("held_out", []),
         "components": {
             name: {
                 "steps": c["steps"],
@@ -169,17 +171,23 @@ def train_hope(tubs: Path, work: Path, overrides: list[str], reuse: bool = False
     return result
 
 
-def train_linear(tubs: Path, work: Path, steps: int) -> dict[str, Any]:
-    """The Donkeycar ``linear`` port, same frames and steps (cached by step count: it depends
-    on nothing else)."""
-    out = work / f"linear-{tubs.name}-{steps}"
+def train_linear(tubs: Path, work: Path, steps: int, held_out: list[str]) -> dict[str, Any]:
+    """The Donkeycar ``linear`` port on the episodes HOPE trained on (not its ``held_out``
+    ones), for as many steps (cached by data, held-out set and step count: it depends on
+    nothing else)."""
+    out = work / f"linear-{tubs.name}-{len(held_out)}out-{steps}"
     result = out / "result.json"
     if result.exists():
-        return {**json.loads(result.read_text()), "reused": True}
+        prev = json.loads(result.read_text())
+        if prev.get("episodes_excluded") == sorted(held_out):
+            return {**prev, "reused": True}
     shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    (out / "exclude.json").write_text(json.dumps(sorted(held_out)) + "\n")
     snaps = ",".join(str(n) for n in (250, 500, 1000) if n < steps)
     run = measured([sys.executable, str(LINEAR), "train", "--data", str(tubs), "--steps", str(steps),
-                    "--out", str(out), "--snapshots", snaps], work / "logs" / "linear-train.json")  # fmt: skip
+                    "--out", str(out), "--snapshots", snaps, "--exclude", str(out / "exclude.json")],
+                   work / "logs" / "linear-train.json")  # fmt: skip
     info = {**last_json(work / "logs" / "linear-train.json"), "model": str(out), "train_s": run["wall_s"],
             "train_cpu_s": run["cpu_s"], "peak_rss_mb": run["peak_rss_mb"]}  # fmt: skip
     result.write_text(json.dumps(info) + "\n")
@@ -368,7 +376,7 @@ def main() -> int:
     hope = train_hope(tubs, args.work, overrides, reuse=args.reuse_hope)
     print(f"  {hope['gradient_steps']} steps in {hope['train_s']} s, promoted: {hope['promoted']}; "
           f"training the Donkeycar linear port for as many steps ...", flush=True)  # fmt: skip
-    linear = train_linear(tubs, args.work, hope["gradient_steps"])
+    linear = train_linear(tubs, args.work, hope["gradient_steps"], hope["held_out"])
     evaluation = {}
     for name, model, slot in (("expert", None, "current"), ("hope", hope["models"], hope["slot"]),
                               ("linear", linear["model"], "current")):  # fmt: skip

@@ -19,11 +19,13 @@ What is ported, from ``donkeycar/parts/keras.py`` of donkeycar 5.1.0 (``KerasLin
   Keras' ``Adam()``: learning rate 0.001, betas 0.9/0.999, epsilon 1e-7;
 * ``BATCH_SIZE = 128`` (the template's default), shuffled every epoch.
 
-What is not ported, and why: Donkeycar's 80/20 train/validation split with early stopping
-(``MAX_EPOCHS`` 100, patience 5). The proof compares learners on the *same frames* and the
-*same number of gradient steps*, so this port trains on every frame for ``--steps`` steps; a
-held-out split would only give it fewer frames. Torch computes in NCHW, Keras in NHWC: the
-image is transposed at the input, which changes no arithmetic.
+What is not ported, and why: Donkeycar's random 80/20 train/validation split with early
+stopping (``MAX_EPOCHS`` 100, patience 5). The proof compares learners on the *same frames*
+and the *same number of gradient steps*: the port trains on exactly the episodes HOPE's
+trainer trained on (``--exclude`` its held-out set, the newest quarter of the episodes and
+at most 8, which the gate judges on: close to Donkeycar's 20%) for ``--steps`` steps. Torch
+computes in NCHW, Keras in NHWC: the image is transposed at the input, which changes no
+arithmetic.
 
 ``act`` is the car's path (``KerasPilot.run``: one frame in, ``(angle, throttle)`` out), with
 dropout off and one torch thread. Weights are saved as safetensors (no pickle).
@@ -122,14 +124,19 @@ def keras_param_count(input_shape: tuple[int, int, int] = (120, 160, 3)) -> int:
 # --------------------------------------------------------------------------- data
 
 
-def load_frames(data: Path, image_key: str = IMAGE_KEY) -> tuple[np.ndarray, np.ndarray]:
+def load_frames(
+    data: Path, image_key: str = IMAGE_KEY, exclude: frozenset[str] = frozenset()
+) -> tuple[np.ndarray, np.ndarray]:
     """Every frame (uint8 ``[N, H, W, 3]``) and its recorded ``[angle, throttle]`` (float32
     ``[N, 2]``) of the episodes under ``data`` (a tub, a directory of tubs, any layout
-    ``read_episodes`` takes): what Donkeycar's ``TubDataset`` feeds ``KerasLinear``."""
+    ``read_episodes`` takes) but those whose id is in ``exclude`` (the episodes HOPE's trainer
+    held out for its gate): what Donkeycar's ``TubDataset`` feeds ``KerasLinear``."""
     from continuonbrain.rlds import read_episodes
 
     images, actions = [], []
     for ep in read_episodes(data):
+        if ep.episode_id in exclude:
+            continue
         obs = ep.observation
         if not isinstance(obs, dict) or image_key not in obs:
             raise ValueError(f"episode {ep.episode_id} in {data} has no {image_key!r} image observation")
@@ -153,6 +160,7 @@ def train(
     seed: int = 0,
     threads: int = 2,
     snapshots: tuple[int, ...] = (),
+    exclude: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Fit the port for ``steps`` Adam steps of ``batch_size`` frames (epoch-wise shuffles,
     the last partial batch of an epoch included, as ``model.fit`` does) and save it to ``out``.
@@ -164,7 +172,7 @@ def train(
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     t_load = time.perf_counter()
-    images, actions = load_frames(data)
+    images, actions = load_frames(data, exclude=exclude)
     load_s = time.perf_counter() - t_load
     x, y = torch.from_numpy(images), torch.from_numpy(actions)
     net = build(tuple(images.shape[1:]))
@@ -195,6 +203,7 @@ def train(
     tail = losses[-min(50, len(losses)) :]
     return {
         "frames": len(x),
+        "episodes_excluded": sorted(exclude),
         "steps": steps,
         "batch_size": batch_size,
         "epochs": round(steps * batch_size / len(x), 2),
@@ -274,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads for training (the HOPE config's)")
     p.add_argument("--snapshots", default="", help="comma-separated step counts to save the weights after too")
+    p.add_argument("--exclude", type=Path, help="a JSON list of episode ids not to train on (HOPE's held-out set)")
     p = sub.add_parser("latency", help="act latency on recorded frames, one thread; prints JSON")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True)
@@ -283,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps < 1 or args.batch_size < 1:
             parser.error("--steps and --batch-size must be >= 1")
         snaps = tuple(int(x) for x in args.snapshots.split(",") if x.strip())
+        exclude = frozenset(json.loads(args.exclude.read_text())) if args.exclude else frozenset()
         print(json.dumps(train(args.data, args.steps, args.out, batch_size=args.batch_size, seed=args.seed,
-                               threads=args.threads, snapshots=snaps)))  # fmt: skip
+                               threads=args.threads, snapshots=snaps, exclude=exclude)))  # fmt: skip
     else:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         images, _ = load_frames(args.data)

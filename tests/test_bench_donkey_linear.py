@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from continuonbrain.rlds import read_episodes
 from continuonbrain.sim import collect_to_dir
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "donkey_linear.py"
@@ -63,6 +64,10 @@ def test_learns_from_a_tub_and_the_saved_pilot_acts_like_the_net(dl, tmp_path: P
     images, actions = dl.load_frames(tub)
     assert images.dtype == np.uint8 and images.shape[1:] == (64, 80, 3)
     assert actions.shape == (len(images), 2)
+    # the episodes HOPE's trainer held out are skipped (here: the only one, so nothing is left)
+    (only,) = [ep.episode_id for ep in read_episodes(tub)]
+    with pytest.raises(ValueError, match="no episodes"):
+        dl.load_frames(tub, exclude=frozenset({only}))
     info = dl.train(tub, 60, tmp_path / "model", batch_size=32, threads=1)
     assert info["frames"] == len(images) and info["steps"] == 60
     assert info["final_loss"] < info["initial_loss"]
