@@ -212,6 +212,8 @@ class TorchLoRAHooks(ModelHooks):
             obs_keys = model.config.vector_keys(obs_keys)  # the seed's rule, as in sequential training
             if model.uses_mid:
                 _attach_mid_context(model, [*episodes, *job.replay_episodes], obs_keys, cfg.data.action_keys)
+            if model.fast_loop is not None and model.fast_loop.pixels is not None:
+                _attach_image_features(model, [*episodes, *job.replay_episodes])
         if self.loss_fn is None and not self.is_hope:
             raise AdaptationError("error", "a model from base_model_loader needs a loss_fn(model, batch)")
         self.model = model
@@ -417,6 +419,18 @@ def _attach_mid_context(
         action_keys=action_keys,
     )
     for _ in source():  # sets ep.extras["context"] in place
+        pass
+
+
+def _attach_image_features(brain: HopeBrain, episodes: list[Any]) -> None:
+    """Each episode gets ``extras["image_features"]``: the seed Fast loop's frozen camera
+    features of every frame, what it reads every tick on the robot (LoRA adapts the layers
+    after them). The same code as sequential training."""
+    from continuonbrain.trainer.hope_data import with_image_features
+
+    assert brain.fast_loop is not None and brain.fast_loop.pixels is not None
+    source = with_image_features(lambda: iter(episodes), brain.fast_loop.pixels, brain.config.image_keys)
+    for _ in source():  # sets ep.extras["image_features"] in place
         pass
 
 
