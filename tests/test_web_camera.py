@@ -299,6 +299,30 @@ def test_gate_checks_show_each_check_with_its_figures_and_mark(page, servers, ar
     assert error_messages(page) == []
 
 
+def test_a_real_gate_decision_shows_its_checks(page, seed_site) -> None:
+    """Promoting a candidate far from the current from the page: the gate's own record (whatever
+    checks it ran) is listed in the answer and in the audit line, the failed check marked ✗."""
+    store = PromotionStore(seed_site["models"])
+    make_variant(store, seed_site["tmp"], 25.0)
+    page.goto(seed_site["url"])
+    page.get_by_test_id("token-set").click()
+    enter_token(page, seed_site["token"])
+    page.get_by_test_id("models-promote").click()
+    result = page.get_by_test_id("promote-result")
+    expect(result).to_have_attribute("data-promoted", "false", timeout=SLOW)
+    (record,) = [a for a in store.audit() if a.get("decision") == "rejected"]
+    assert record["checks"], "the gate writes its checks into the audit line"
+    checks = record["checks"]
+    failed = [name for name, check in checks.items() if isinstance(check, dict) and check.get("passed") is False]
+    assert failed
+    for where in (result, page.locator("#models-audit tr.decision-rejected")):
+        expect(where.locator("li[data-check]")).to_have_count(len(record["checks"]))
+        for name in failed:
+            expect(where.locator(f"li[data-check={name}]")).to_have_attribute("data-passed", "false")
+            expect(where.locator(f"li[data-check={name}]")).to_contain_text("✗")
+    assert error_messages(page) == []
+
+
 def test_shadow_panel_starts_shows_live_divergence_and_stops(page, seed_site) -> None:
     """With a candidate waiting, Start (with the token) runs a shadow window; while a client
     infers, the ticks and the action distance fill in; Stop ends it (not passed: cut short)."""
