@@ -236,6 +236,17 @@ def _slot_line(name: str, m: dict | None) -> str:
     return f"  {name:<10} {m['version']}  {m.get('kind', '?')}  [{comps}]  created {m.get('created', '?')}"
 
 
+#: What ``models promote`` prints of each gate check (the JSON and the audit line hold them all).
+_CHECK_FIGURES = ("metric", "candidate", "current", "paired_mean_diff", "paired_se", "margin", "episodes", "ceiling")
+
+
+def _check_line(name: str, check: dict) -> str:
+    state = {True: "pass", False: "FAIL", None: "skip"}[check.get("passed")]
+    figures = ", ".join(f"{k} {check[k]}" for k in _CHECK_FIGURES if check.get(k) is not None)
+    note = check.get("note") or check.get("why") or check.get("skipped") or ""
+    return f"  check      {name:<10} {state}  {figures}" + (f"  ({note})" if note else "")
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from continuonbrain.models.store import PromotionStore, StoreError
 
@@ -278,6 +289,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             else:
                 verdict = "PROMOTED" if result.passed else "REJECTED"
                 print(f"{verdict}: {result.reason}")
+                for name, check in result.checks.items():
+                    print(_check_line(name, check))
                 print(_slot_line("current", info["current"]))
             return 0 if result.passed else 1
         manifest = store.rollback(args.version)
