@@ -12,8 +12,9 @@ Decisions worth knowing:
   needs ``Authorization: Bearer <token>`` (see :mod:`continuonbrain.runtime.auth`); reads
   and ``/api/infer`` do not (a robot's control loop and a status display need no secret,
   and inference changes nothing but the caller's own session). The live-sim routes are for
-  the page's demo arm; they touch no robot and no model, hold at most 16 small sims, and so
-  need no token either.
+  the page's demo arm and camera car (which the served brain drives, in a session of its own);
+  they touch no robot and change no model, hold at most 16 small sims, and so need no token
+  either. Neither do the episode viewer's reads (one episode's steps and frames, by key).
 * **Bound to loopback** unless ``--host`` says otherwise: on a robot, exposing the API is
   a decision, not a default.
 * **Gates on starting training.** The scheduler's gates are evaluated and returned with
