@@ -57,6 +57,23 @@ def test_pixels_stored_as_numbers_are_encoded_as_png(tmp_path: Path) -> None:
     assert viewer.step(key, 2)["observation"] == {"state": [2.0]}
 
 
+def test_donkeycar_tub_episodes_are_scrubbed_like_any_other(tmp_path: Path) -> None:
+    """A tub holds several episodes (one per session) in one directory: each is found by its
+    key, its frames are the tub's JPEG files as stored, its step shows Donkeycar's record fields."""
+    from continuonbrain.sim.collect import collect_to_dir
+
+    collect_to_dir("drive2d", 2, tmp_path / "tub", format="tub", seed=0, dart_sigma=0.2, max_steps=20)
+    viewer = EpisodeViewer(EpisodeCatalog(tmp_path / "tub"))
+    entries = viewer.catalog.listing()["episodes"]
+    assert len(entries) == 2 and all(e["image_keys"] == ["cam/image_array"] for e in entries)
+    second = entries[1]["key"]
+    step = viewer.step(second, 3)
+    assert step["step_metadata"]["_index"] == 23 and step["step_metadata"]["user/mode"] == "user"
+    data, media = viewer.frame(second, 3, "cam/image_array")
+    assert media == "image/jpeg"
+    assert data == (tmp_path / "tub" / "images" / "23_cam_image_array_.jpg").read_bytes()
+
+
 def test_unknown_keys_steps_and_cameras_are_not_found_and_never_paths(tmp_path: Path) -> None:
     viewer = viewer_over([make_image_episode(n=3, episode_id="cam")], tmp_path / "eps")
     key = viewer.catalog.listing()["episodes"][0]["key"]
