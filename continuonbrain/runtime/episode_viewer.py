@@ -125,7 +125,7 @@ class EpisodeViewer:
             "is_terminal": step.is_terminal,
             "timestamp": step.timestamp,
             "observation": observation,
-            "step_metadata": {k: v for k, v in (step.step_metadata or {}).items()},
+            "step_metadata": {str(k): _plain(v) for k, v in (step.step_metadata or {}).items()},
         }
 
     def frame(self, key: str, t: int, image_key: str) -> tuple[bytes, str]:
@@ -212,6 +212,19 @@ def _values(value: Any) -> Any:
     if flat.size > MAX_STEP_VALUES:
         out.append(f"… {flat.size - MAX_STEP_VALUES} more")
     return out
+
+
+def _plain(value: Any) -> Any:
+    """A step-metadata value as JSON (TFDS metadata may hold numpy scalars, arrays or bytes)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")[:200]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list | tuple | np.ndarray):
+        return _values(value)
+    return str(value)[:200]
 
 
 def _png(pixels: np.ndarray) -> bytes:
