@@ -110,7 +110,8 @@ class SequentialConfig(ConfigModel):
     torchrun, N ranks on one board use N * torch_threads cores."""
     order: list[ComponentName] = Field(default_factory=lambda: list(COMPONENT_ORDER), min_length=1)
     """Components to train, in order; each must come after the ones it depends on
-    (mid_loop needs vqvae; fast_loop with ``model.fast.use_context`` needs mid_loop)."""
+    (mid_loop needs vqvae; fast_loop with ``model.fast.use_context`` needs mid_loop, and on
+    camera observations with ``model.fast.image_features`` the vqvae whose encoder it copies)."""
     model: dict[str, Any] = Field(default_factory=dict)
     """HopeConfig fields (see continuonbrain/hope/config.py). ``obs_dim``/``action_dim`` are
     taken from the data when absent."""
@@ -120,10 +121,13 @@ class SequentialConfig(ConfigModel):
     vector from a dict observation when it acts."""
     image_keys: list[NonEmpty] = Field(default_factory=list)
     """Dict observations: camera keys (``uint8 [H, W, C]`` frames, encoded or raw) that the
-    VQ-VAE's conv encoder tokenizes with the state vector. They feed the VQ-VAE and the Mid
-    loop; the Fast loop sees them only through the Mid loop's context, as when the brain
-    acts. ``model.image_shapes`` defaults to the first episode's first frame. Observations
-    may hold images only (no numeric key: ``obs_dim`` 0) if ``model.fast.use_context`` is on.
+    VQ-VAE's conv encoder tokenizes with the state vector. Empty: every camera key of the first
+    episode (encoded frames or ``uint8 [T, H, W, C]`` arrays), unless ``model.image_keys`` is
+    given (``[]``: no cameras). They feed the VQ-VAE, the Mid loop and, every tick, the Fast loop
+    (``model.fast.image_features``: a frozen copy of the VQ-VAE's encoder; see
+    continuonbrain/hope/pixels.py), as when the brain acts. ``model.image_shapes`` defaults to
+    the first episode's first frame, any size. Observations may hold images only (no numeric
+    key: ``obs_dim`` 0, a Donkeycar tub).
     Windows then carry frames: a Mid shuffle buffer holds ``shuffle_buffer * L`` of them, so
     keep it small for cameras (2048 two-second windows of 64x64 RGB at 50 Hz are ~2.5 GB)."""
     action_keys: list[NonEmpty] | None = None
