@@ -332,3 +332,58 @@ def test_the_example_drives_the_sim_car_through_a_vehicle(Vehicle: Any, store) -
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["driven"] == 30 and summary["stopped"] == {} and summary["versions"] == [store["version"]]
     assert summary["episodes"] >= 1 and 0.0 <= summary["mean_progress"] <= 1.0
+
+
+class SeededEpisodes:
+    """A camera-and-motors part playing drive2d episodes of the given seeds, one after the
+    other, summing each one's reward; it stops the vehicle after the last."""
+
+    def __init__(self, vehicle: Any, seeds: list[int], **env_kwargs: Any):
+        self.vehicle, self.seeds = vehicle, list(seeds)
+        self.env = Drive2DEnv(**env_kwargs)
+        self.obs, _ = self.env.reset(seed=self.seeds[0])
+        self.episodes: list[dict[str, Any]] = []
+        self.length, self.ret, self.started = 0, 0.0, False
+
+    def run(self, angle: float | None, throttle: float | None) -> np.ndarray | None:
+        if self.started:  # the pilot's outputs of the previous loop act on the car now
+            self.obs, reward, terminated, truncated, _ = self.env.step(np.array([angle, throttle], np.float32))
+            self.length, self.ret = self.length + 1, self.ret + float(reward)
+            if terminated or truncated:
+                self.episodes.append(
+                    {"seed": self.seeds[len(self.episodes)], "length": self.length, "return": self.ret}
+                )
+                if len(self.episodes) == len(self.seeds):
+                    self.vehicle.on = False
+                    return None
+                self.obs, _ = self.env.reset(seed=self.seeds[len(self.episodes)])
+                self.length, self.ret = 0, 0.0
+        self.started = True
+        return self.obs[KEY]
+
+
+def test_in_a_vehicle_the_part_drives_exactly_as_eval_through_brain_service(Vehicle: Any, store) -> None:
+    """The same brain, the same episodes: the part's closed loop in a real vehicle and
+    ``eval``'s rollout through BrainService give the same lengths and returns. (A car has no
+    episodes: each one is its own drive here, as ``eval`` starts each from a zero state.)"""
+    from continuonbrain.runtime.served_policy import evaluate_served
+
+    kwargs = {"max_steps": 40}
+    scored = evaluate_served(
+        store["models"], "drive2d", episodes=2, seed=7, baselines=False, env_kwargs=kwargs, record=False
+    )
+    driven = []
+    for row in scored["per_episode"]:
+        car = Vehicle()
+        episode = SeededEpisodes(car, [row["seed"]], **kwargs)
+        car.add(episode, inputs=["pilot/angle", "pilot/throttle"], outputs=[KEY])
+        pilot = ContinuonPilot(store["models"], reset_after_s=60.0)  # no reset if the loop stalls on a busy machine
+        car.add(pilot, inputs=[KEY], outputs=["pilot/angle", "pilot/throttle"])
+        car.start(rate_hz=1000, max_loop_count=500)  # a bound; the part stops the car after the episode
+        driven += episode.episodes
+
+    assert [e["seed"] for e in driven] == [e["seed"] for e in scored["per_episode"]]
+    assert [e["length"] for e in driven] == [e["length"] for e in scored["per_episode"]]
+    np.testing.assert_allclose(
+        [e["return"] for e in driven], [e["return"] for e in scored["per_episode"]], rtol=1e-6, atol=1e-6
+    )
