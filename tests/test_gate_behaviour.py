@@ -352,3 +352,42 @@ def test_the_api_promotes_with_the_store_gate_config(candidates, tmp_path: Path)
     )
     assert body["model_version"] == served and body["gate"]["checks"]["sim_twin"]["episodes"] == 10
     assert PromotionStore(models).audit()[-1]["config_source"] == str(models / "gate_config.json")
+
+
+def test_a_resumed_run_keeps_its_held_out_split_when_episodes_arrive(tmp_path: Path) -> None:
+    """The split is the run's (state.json), not re-drawn on --resume: episodes recorded meanwhile
+    are trained on, and the ones held out at the start stay held out and recorded."""
+    from conftest import TINY_MODEL, make_episode, tiny_components
+
+    from continuonbrain.rlds import write_episodes
+    from continuonbrain.trainer.sequential import SequentialTrainer
+    from continuonbrain.trainer.train_config import SequentialConfig
+
+    data = tmp_path / "episodes"
+    write_episodes([make_episode(episode_id=f"ep{i:02d}") for i in range(12)], data)
+
+    def config(order: list[str]) -> SequentialConfig:
+        cfg = SequentialConfig(
+            rlds_dir=str(data),
+            model_root=str(tmp_path / "models"),
+            run_dir=str(tmp_path / "run"),
+            torch_threads=1,
+            order=order,
+            model={**TINY_MODEL, "fast": {**TINY_MODEL["fast"], "use_context": False}},
+            components=tiny_components(2),
+        )
+        cfg.thermal.sysfs_root = str(tmp_path / "no-sysfs")
+        return cfg
+
+    SequentialTrainer(config(["vqvae"])).run()
+    first = PromotionStore(tmp_path / "models").manifest("candidate")["held_out"]["episode_ids"]
+    assert first == ["ep09", "ep10", "ep11"]  # 12 episodes: a quarter held out
+    write_episodes([make_episode(episode_id=f"ep{i:02d}") for i in range(12, 16)], data)
+    SequentialTrainer(config(["vqvae", "fast_loop"])).run(resume=True)
+    manifest = PromotionStore(tmp_path / "models").manifest("candidate")
+    assert manifest["components"] == ["vqvae", "fast_loop"] and manifest["held_out"]["episode_ids"] == first
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["held_out"] == first
+    from continuonbrain.trainer.hope_data import held_out_ids
+
+    assert held_out_ids(config(["vqvae"])) == ["ep12", "ep13", "ep14", "ep15"]  # what a fresh run would hold out
