@@ -361,6 +361,12 @@ def main() -> int:
         help="components.*.max_wall_time_s=86400: train the config's step counts whatever the "
         "load on a shared machine (its wall-time caps would otherwise cut them short)",
     )
+    parser.add_argument(
+        "--linear-steps",
+        type=int,
+        default=None,
+        help="gradient steps of the linear port (default: as many as the HOPE run took)",
+    )
     parser.add_argument("--reuse-hope", action="store_true",
                         help="reuse the last HOPE run under --work if its data and overrides match")  # fmt: skip
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "continuonbrain-bench-drive-proof")
@@ -376,7 +382,7 @@ def main() -> int:
     hope = train_hope(tubs, args.work, overrides, reuse=args.reuse_hope)
     print(f"  {hope['gradient_steps']} steps in {hope['train_s']} s, promoted: {hope['promoted']}; "
           f"training the Donkeycar linear port for as many steps ...", flush=True)  # fmt: skip
-    linear = train_linear(tubs, args.work, hope["gradient_steps"], hope["held_out"])
+    linear = train_linear(tubs, args.work, args.linear_steps or hope["gradient_steps"], hope["held_out"])
     evaluation = {}
     for name, model, slot in (("expert", None, "current"), ("hope", hope["models"], hope["slot"]),
                               ("linear", linear["model"], "current")):  # fmt: skip
@@ -396,6 +402,7 @@ def main() -> int:
         "evaluation": evaluation,
         "hope_progress_vs_expert": hope_fraction,
         "goal_met": hope_fraction is not None and hope_fraction >= GOAL_FRACTION,
+        "equal_steps": linear["steps"] == hope["gradient_steps"],
         "hope_matches_or_beats_linear": evaluation["hope"]["mean_progress"] >= evaluation["linear"]["mean_progress"],
         "wall_s": round(time.perf_counter() - t0, 1),
         "load_average": {"start": load_start, "end": list(os.getloadavg())},

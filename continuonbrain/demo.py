@@ -11,8 +11,11 @@
    trainer;
 8. evaluate through the BrainService act path: the seed on ``reach2d`` against random and
    expert on the same 100 seeds, and the seed and the adapted brain on the shifted task;
-9. print a summary table and serve the brain with the Robot Editor on 127.0.0.1 until
-   Ctrl-C (``--no-serve`` stops after the table).
+9. the camera car (:mod:`continuonbrain.demo_car`, its own model store under ``car/``):
+   expert laps on ``drive2d`` recorded as a Donkeycar tub, a pixel brain trained on it with the
+   shipped config, gated, served and driven on unseen tracks;
+10. print a summary table and serve the brain with the Robot Editor on 127.0.0.1 until
+    Ctrl-C (``--no-serve`` stops after the table).
 
 Everything lives under ``--workdir`` (default ``.demo/``). A second run reuses what exists:
 the episodes, the trained seed and the adapted brain (recognised from the store's manifests)
@@ -47,8 +50,19 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 ADAPT_CONFIG = CONFIG_DIR / "sim-arm-lora.json"
 
 
-def _record(out: Path, n: int, seed: int, env_kwargs: dict[str, Any] | None, what: str) -> dict[str, Any] | None:
-    """Expert episodes into ``out`` unless a complete recording is there already."""
+def _record(
+    out: Path,
+    n: int,
+    seed: int,
+    env_kwargs: dict[str, Any] | None,
+    what: str,
+    *,
+    env_id: str = DEMO_ENV,
+    format: str = "continuon",
+    dart_sigma: float = 0.1,
+) -> dict[str, Any] | None:
+    """Expert episodes into ``out`` unless a complete recording is there already (``env_id``,
+    ``format`` and ``dart_sigma``: the car segment records drive2d tubs with them)."""
     from continuonbrain.sim.collect import collect_to_dir
 
     done = out / ".complete"
@@ -60,7 +74,7 @@ def _record(out: Path, n: int, seed: int, env_kwargs: dict[str, Any] | None, wha
 
         shutil.rmtree(out)  # an interrupted recording: start it over
     summary = collect_to_dir(
-        DEMO_ENV, n, out, seed=seed, dart_sigma=0.1, env_kwargs=env_kwargs, progress=f"recording {what}"
+        env_id, n, out, format, seed=seed, dart_sigma=dart_sigma, env_kwargs=env_kwargs, progress=f"recording {what}"
     )
     done.write_text("ok\n")
     return summary
@@ -76,12 +90,15 @@ def _count_windows(source: Path, dataset_cls: type) -> tuple[int, int]:
     return n, len(episodes)
 
 
-def _train(episodes_dir: Path, workdir: Path) -> dict:
+def _train(episodes_dir: Path, workdir: Path, overrides: dict[str, Any] | None = None) -> dict:
+    """The shipped Pi 5 config (``overrides``: dotted keys, how the car segment scales it) into
+    ``workdir/models``, with a progress bar per component."""
     from continuonbrain.trainer.sequential import SequentialTrainer
     from continuonbrain.trainer.train_config import SequentialConfig
 
     cfg = SequentialConfig.from_json(
         CONFIG_DIR / "pi5-hope-v1.json",
+        overrides,
         rlds_dir=str(episodes_dir),
         model_root=str(workdir / "models"),
         run_dir=str(workdir / "runs" / "hope-v1"),
@@ -129,15 +146,16 @@ def _adapt(shifted_dir: Path, workdir: Path) -> Any:
         bar.close()
 
 
-def _gate_config(models: Path) -> Any:
+def _gate_config(models: Path, env_id: str = DEMO_ENV, sim_episodes: int = 20) -> Any:
     """The store's gate config: written once with a sim twin of the live task (what the Robot
-    Editor's arm runs: ``reach2d``, unseen seeds), so the seed's gate, the adapter's and a
-    later ``models promote`` or Robot Editor promotion all judge closed-loop on that task."""
+    Editor's arm runs: ``reach2d``, unseen seeds; the car's store: ``drive2d``), so the seed's
+    gate, the adapter's and a later ``models promote`` or Robot Editor promotion all judge
+    closed-loop on that task."""
     from continuonbrain.models.promotion import GATE_CONFIG_FILE, load_gate_config, write_gate_config
     from continuonbrain.models.safety import SafetyGateConfig
 
     if not (models / GATE_CONFIG_FILE).is_file():
-        write_gate_config(models, SafetyGateConfig(sim_env=DEMO_ENV, sim_episodes=20, sim_seed=EVAL_SEED))
+        write_gate_config(models, SafetyGateConfig(sim_env=env_id, sim_episodes=sim_episodes, sim_seed=EVAL_SEED))
     return load_gate_config(models)
 
 
@@ -148,7 +166,15 @@ def _sim_twin(models: Path, fallback: Any = None) -> Any:
     return closed_loop_runner(load_gate_config(models, fallback)[0])
 
 
-def _evaluate(models: Path, env_kwargs: dict[str, Any] | None, cache: dict[str, Any], key: str) -> dict[str, Any]:
+def _evaluate(
+    models: Path,
+    env_kwargs: dict[str, Any] | None,
+    cache: dict[str, Any],
+    key: str,
+    *,
+    env_id: str = DEMO_ENV,
+    episodes: int = EVAL_EPISODES,
+) -> dict[str, Any]:
     """Score ``current`` through BrainService (cached by version, so a rerun is instant)."""
     from continuonbrain.models.store import PromotionStore
     from continuonbrain.runtime.served_policy import evaluate_served
@@ -158,9 +184,9 @@ def _evaluate(models: Path, env_kwargs: dict[str, Any] | None, cache: dict[str, 
     if cached and cached.get("model_version") == version:
         return cached
     t0 = time.perf_counter()
-    print(f"  evaluating {version} on {DEMO_ENV}{' ' + json.dumps(env_kwargs) if env_kwargs else ''} "
-          f"({EVAL_EPISODES} episodes each: model, random, expert)")  # fmt: skip
-    result = evaluate_served(models, DEMO_ENV, episodes=EVAL_EPISODES, seed=EVAL_SEED, env_kwargs=env_kwargs)
+    print(f"  evaluating {version} on {env_id}{' ' + json.dumps(env_kwargs) if env_kwargs else ''} "
+          f"({episodes} episodes each: model, random, expert)")  # fmt: skip
+    result = evaluate_served(models, env_id, episodes=episodes, seed=EVAL_SEED, env_kwargs=env_kwargs)
     result.pop("per_episode", None)
     for b in (result.get("baselines") or {}).values():
         if b:
@@ -256,6 +282,14 @@ def run_demo(workdir: Path, serve: bool = True, port: int = 8080) -> int:
     adapted_shift = _evaluate(models, SHIFT, cache, "current_on_shifted") if served.get("kind") != "hope-seed" else None
     results_path.write_text(json.dumps(cache, indent=2) + "\n")
     rows.append(("serving", f"{served.get('version')} ({served.get('kind')})"))
+
+    # -- the camera car: its own segment and model store (continuonbrain/demo_car.py) --
+    from continuonbrain.demo_car import run_car
+
+    car = run_car(workdir, cache)
+    results_path.write_text(json.dumps(cache, indent=2) + "\n")
+    rows += car.rows
+    # -- end of the camera car --
     rows.append(("wall time", f"{time.perf_counter() - t0:.1f} s"))
 
     print("\n[9/9] ContinuonBrain demo: the loop, closed")
@@ -274,11 +308,12 @@ def run_demo(workdir: Path, serve: bool = True, port: int = 8080) -> int:
         print(_row("HOPE + LoRA (after)", adapted_shift))
     if seed_shift:
         print(_row("expert (scripted IK)", seed_shift["baselines"]["expert"]))
+    print("\n".join(car.table))
     print(f"\n  results: {results_path}")
 
     if serve:
         _serve(models, episodes_dir, workdir, port)
-    return 0 if report.episodes_bad == 0 else 1
+    return 0 if report.episodes_bad == 0 and car.ok else 1
 
 
 def _serve(models: Path, episodes_dir: Path, workdir: Path, port: int) -> None:
