@@ -312,7 +312,14 @@ def test_shadow_stats_figures_and_verdict() -> None:
     assert s["p95_action_distance"] == pytest.approx(np.percentile(np.arange(100) / 1000.0, 95))
     assert s["latency_us_p50"] == pytest.approx(49.5)
     cfg = ShadowConfig(min_ticks=50, max_p95_action_distance=0.1)
-    assert stats.verdict(cfg, complete=True) == (True, "p95 action distance 0.0940 <= 0.1 over 100 ticks")
+    assert stats.verdict(cfg, complete=True) == (
+        True,
+        "mean action distance 0.0495 <= 0.12, p95 0.0940 <= 0.1 over 100 ticks",
+    )
+    assert (
+        "max_mean_action_distance 0.04"
+        in stats.verdict(cfg.model_copy(update={"max_mean_action_distance": 0.04}), complete=True)[1]
+    )
     assert stats.verdict(cfg, complete=False)[0] is False
     assert stats.verdict(ShadowConfig(max_p95_action_distance=0.05, min_ticks=1), complete=True)[1].startswith(
         "p95 action distance 0.0940 > max_p95_action_distance 0.05"

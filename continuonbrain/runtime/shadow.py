@@ -345,6 +345,7 @@ class ShadowRunner:
             "reason": reason,
             "passed": passed,
             "verdict": verdict,
+            "max_mean_action_distance": self.config.max_mean_action_distance,
             "max_p95_action_distance": self.config.max_p95_action_distance,
             "min_ticks": self.config.min_ticks,
         }
