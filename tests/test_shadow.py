@@ -255,6 +255,30 @@ def test_promotion_is_refused_until_a_shadow_window_passes(site) -> None:
 # --------------------------------------------------------------------------- in process
 
 
+def test_in_process_act_is_shadowed_even_when_the_caller_reuses_its_buffer(arm_seed, tmp_path: Path) -> None:
+    """A control loop calling ``BrainService.act`` in process, refilling one float32 buffer each
+    tick: the shadow sees every tick as it was at the call (it is encoded at once), so a
+    candidate with the current's very weights agrees on every tick."""
+    from continuonbrain.runtime.brain_service import BrainService
+
+    root = copy_store(arm_seed["models"], tmp_path / "models")
+    store = PromotionStore(root)
+    make_variant(store, tmp_path, 1.0)  # the same weights, a new version
+    with BrainService(root) as service:
+        started = service.start_shadow(window_ticks=120)
+        assert started["active"] is True and started["worker_ready"] is True
+        buffer = np.zeros(10, np.float32)
+        served = []
+        for i, o in enumerate(observations(120, seed=3)):
+            buffer[:] = o
+            served.append(service.act(buffer, "loop", reset=i == 0).action.copy())
+        done = wait_for(lambda: (s := service.shadow_status())["active"] is False and s, what="the window")
+    assert done["ticks"] == 120 and done["dropped"] == 0 and done["sessions"] == 1
+    assert done["mean_action_distance"] == 0.0 and done["max_action_distance"] == 0.0
+    assert done["passed"] is True, done["verdict"]
+    assert len({a.tobytes() for a in served}) > 1  # the actions did change from tick to tick
+
+
 def test_a_full_buffer_drops_ticks_and_counts_them_instead_of_waiting(arm_seed, tmp_path: Path) -> None:
     """Before the worker process runs nobody reads the ticks: once the (small) socket buffer is
     full, ``offer`` drops and counts instead of blocking; the worker then compares exactly the
