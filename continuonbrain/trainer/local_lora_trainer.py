@@ -645,6 +645,8 @@ class _Run:
             action_keys=data.action_keys,
             stub=hooks.is_stub,
             closed_loop=self.closed_loop,
+            # what the brain could already do: the forgetting check (none without replay episodes)
+            replay=self.replay.held_out or None,
         )
         res.after_avg_action_delta = result.candidate.get("avg_action_delta")
         res.before_avg_action_delta = result.current.get("avg_action_delta") if result.current else None

@@ -192,10 +192,16 @@ class ReplaySection(ConfigModel):
     is (``replay.rlds_dir`` recorded by an earlier adaptation, else the seed's ``rlds_dir``).
     Episodes the run adapts on (same ids) are never replay episodes, so this may be the robot's
     one episode directory. Given explicitly, a directory with no usable episode is an error."""
-    share: float = Field(0.25, ge=0.0, lt=1.0)
+    share: float = Field(0.5, ge=0.0, lt=1.0)
     """Fraction of the training windows drawn from replay episodes (rehearsal); 0: none (the
-    forgetting check still runs). 0.25, measured on the demo's setup (BENCHMARKS.md,
-    "Rehearsal: adaptation without forgetting"): PLACEHOLDER"""
+    forgetting check still runs). Why 0.5: measured on the demo's setup (BENCHMARKS.md,
+    "Rehearsal: adaptation without forgetting"; 300 steps at learning rate 0.003, success on 100
+    unseen episodes of each task, seed 16% behind / 100% original), shares 0 / 0.1 / 0.25 / 0.5 /
+    0.75 gave 36/20, 29/35, 35/45, 47/77 and 30/81 (% behind / % original). No share kept the
+    original task within 5 points of the seed, so the rule is the best sum of both, which is 0.5
+    (124 against the seed's 116); more replay than that starves the new task. The forgetting
+    check still refuses such an adapter (77% is not 100%): rehearsal narrows forgetting, the
+    gate is what keeps a forgetful adapter from driving."""
     holdout_episodes: int = Field(8, ge=0)
     """Newest replay episodes held out for the gate's forgetting check, never trained on
     (the seed's own held-out episodes first, when its manifest lists them); 0: no check."""
