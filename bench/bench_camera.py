@@ -116,7 +116,8 @@ def main() -> None:
     with BrainService(root, slot="candidate", torch_threads=1) as service:
         results["brain_service_act"] = latency(lambda i: service.act(obs[i % n]), args.calls)
     results["goal_p99_ms"] = 5.0
-    results["within_goal"] = results["brain_service_act"]["p99_ms"] <= 5.0
+    service_act = results["brain_service_act"]
+    results["within_goal"] = {"wall_p99": service_act["p99_ms"] <= 5.0, "cpu_p99": service_act["cpu_p99_ms"] <= 5.0}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

@@ -158,9 +158,10 @@ class FastLoopConfig(ConfigModel):
     a camera-only robot then drives from pixels without the Mid context. False: images reach
     the Fast loop only through the Mid context (every ``mid_every`` ticks)."""
     use_context: bool = True
-    """Feed the Mid loop's context (zeros when absent). False: the Fast loop ignores it. Needed
-    when observations are images only; with vector observations that already hold the task
-    state it costs success: the context is an untrained projection of quantised tokens, so it
+    """Feed the Mid loop's context (zeros when absent). False: the Fast loop ignores it. Camera
+    observations no longer need it (``image_features`` reads the frame every tick; for the
+    camera car see BENCHMARKS.md, "Pixel reflex", for the ablation); with vector observations
+    that already hold the task state it costs success: the context is an untrained projection of quantised tokens, so it
     differs between episodes in ways the Fast loop memorises rather than generalises (reach2d,
     1000 steps: held-out action error near the target 2x, success 85% against 100%). The shipped
     ``pi5-hope-v1`` config therefore turns it off (BENCHMARKS.md, "Functional reflex")."""

@@ -288,8 +288,9 @@ def with_mid_context(
     ``keep(i)`` false: episode ``i`` of the stream is passed on without a context (for data
     parallel training, the episodes of the other ranks' shards, which this rank's dataset
     skips anyway: each rank runs the Mid loop over its own share only). ``chunk``: camera frames
-    tokenized at once (:data:`TOKENIZE_CHUNK`). The result passes the epoch on to ``source``
-    (the mixed stream depends on it)."""
+    tokenized at once (:data:`TOKENIZE_CHUNK`); episodes that carry their codes already
+    (:func:`with_codes`, cached) are not tokenized again. The result passes the epoch on to
+    ``source`` (the mixed stream depends on it)."""
 
     @torch.no_grad()
     def episodes(epoch: int) -> Iterator[Episode]:
@@ -302,7 +303,9 @@ def with_mid_context(
                 "observation": torch.from_numpy(obs)[None],
                 "action": torch.from_numpy(ep.action_vector(action_keys))[None],
             }
-            if image_keys:  # the Mid loop takes codes as well as observations: tokenize in chunks
+            if "codes" in ep.extras:  # tokenized once already (with_codes)
+                batch["codes"] = torch.from_numpy(np.asarray(ep.extras["codes"]))[None]
+            elif image_keys:  # the Mid loop takes codes as well as observations: tokenize in chunks
                 batch["codes"] = _episode_codes(ep, vqvae, obs, image_keys, chunk)
             out = mid(batch, vqvae)
             ep.extras["context"] = out["context_steps"][0].numpy()

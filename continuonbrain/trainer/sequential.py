@@ -369,6 +369,8 @@ class SequentialTrainer:
             mid = load_component(self.components_dir, "mid_loop", hope_cfg)
             # Only this rank's episodes need a context (the dataset skips the others').
             keep = None if world == 1 else ranks.owns
+            if hope_cfg.image_keys:  # frames tokenized once for all epochs, not once per epoch
+                source = with_codes(source, vqvae, keys, hope_cfg.image_keys)
             source = with_mid_context(source, vqvae, mid, keys, keep, hope_cfg.image_keys, cfg.action_keys)
         dataset = make_dataset(name, comp, source, cfg, hope_cfg, tokenized=bool(hope_cfg.image_keys))
         module.train()
