@@ -74,6 +74,7 @@ bench: venv
 	$(BIN)/python bench/bench_adapt.py
 	$(BIN)/python bench/bench_api.py
 	$(BIN)/python bench/bench_reflex.py
+	$(BIN)/python bench/bench_gate.py
 
 # The imagined-rollouts experiment: several seeds x (train, imagine, retrain, evaluate); ~20 minutes.
 bench-imagined: venv

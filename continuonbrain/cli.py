@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
                 help="also run candidate and current closed-loop on this sim twin (a built-in env id or a "
                 "gymnasium id; default: the store's gate_config.json sim_env)",
             )
-            p.add_argument("--sim-episodes", type=int, metavar="N", help="sim twin episodes per model (default 20)")
+            p.add_argument("--sim-episodes", type=int, metavar="N", help="sim twin episodes per model (default 100)")
             p.add_argument("--sim-seed", type=int, metavar="S", help="sim twin base seed (default 1000)")
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=cmd_models)

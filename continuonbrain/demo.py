@@ -146,16 +146,18 @@ def _adapt(shifted_dir: Path, workdir: Path) -> Any:
         bar.close()
 
 
-def _gate_config(models: Path, env_id: str = DEMO_ENV, sim_episodes: int = 20) -> Any:
+def _gate_config(models: Path, env_id: str = DEMO_ENV, sim_episodes: int | None = None) -> Any:
     """The store's gate config: written once with a sim twin of the live task (what the Robot
     Editor's arm runs: ``reach2d``, unseen seeds; the car's store: ``drive2d``), so the seed's
     gate, the adapter's and a later ``models promote`` or Robot Editor promotion all judge
-    closed-loop on that task."""
+    closed-loop on that task. ``sim_episodes`` None: the shipped default, which goes with the
+    shipped ``sim_margin`` (fewer episodes would need a wider margin; ``bench/bench_gate.py``)."""
     from continuonbrain.models.promotion import GATE_CONFIG_FILE, load_gate_config, write_gate_config
     from continuonbrain.models.safety import SafetyGateConfig
 
     if not (models / GATE_CONFIG_FILE).is_file():
-        write_gate_config(models, SafetyGateConfig(sim_env=env_id, sim_episodes=sim_episodes, sim_seed=EVAL_SEED))
+        episodes = {} if sim_episodes is None else {"sim_episodes": sim_episodes}
+        write_gate_config(models, SafetyGateConfig(sim_env=env_id, sim_seed=EVAL_SEED, **episodes))
     return load_gate_config(models)
 
 

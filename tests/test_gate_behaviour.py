@@ -31,8 +31,11 @@ from continuonbrain.models.shadow_stats import manifest_sha256, write_shadow_rec
 from continuonbrain.models.store import PromotionStore
 from continuonbrain.rlds import Episode, read_episodes
 
-#: The sim twin of these tests: the seed's own task, unseen seeds, 20 episodes per model.
-TWIN = {"sim_env": "reach2d", "sim_episodes": 20, "sim_seed": 1000}
+#: The sim twin of these tests: the seed's own task, unseen seeds, 20 episodes per model (to
+#: keep the tests quick) and so the margin that fits 20 episodes: 0.10, two episodes (the
+#: shipped 0.05 goes with 100 episodes; one episode of 20 is below the binomial spread of the
+#: tests' small recipe, whose current reaches ~80%).
+TWIN = {"sim_env": "reach2d", "sim_episodes": 20, "sim_seed": 1000, "sim_margin": 0.10}
 
 
 # --------------------------------------------------------------------------- small stores
