@@ -15,13 +15,20 @@ Why a frozen copy of the VQ-VAE's encoder (decision, measured in BENCHMARKS.md "
   per episode) and the SSM then trains on windows of 64-float features, as fast as on a
   state vector. End-to-end fine-tuning would run the conv net forwards and backwards on every
   frame of every window of every step, about 100x the Fast loop's training cost on a Pi.
-* Cheap to act: one conv pass per tick (three stride-2 convs and a projection, ~19 M
-  multiply-adds at 160x120), a millisecond or two with one torch thread (``bench/bench_camera.py``).
+* Cheap to act: one conv pass per tick on the pooled frame (three stride-2 convs and a
+  projection, ~5 M multiply-adds at 80x60 from 160x120): ``BrainService.act`` p50 0.85 ms,
+  p99 of its CPU time 1.8 ms with one torch thread (``bench/bench_camera.py``), so a numpy
+  conv was not needed.
 * Self-contained: the copy lives in ``fast_loop.safetensors``, so a Fast loop acts without
   the VQ-VAE and never silently reads features from a VQ-VAE retrained after it.
 * The VQ-VAE is trained first anyway (the Mid loop's tokenizer), to reconstruct the whole
   frame: its features keep what a steering policy needs (where the lane lines are), because a
   reconstruction that lost them would be far off.
+
+Measured on drive2d (21k expert frames, 20 unseen tracks, BENCHMARKS.md "Pixel reflex"):
+72-80% of the expert's lap progress with features from a VQ-VAE that got only 65-74 of its
+300 steps on a loaded machine; the Mid context on top changed nothing (79.4% against 79.6%),
+so the shipped config keeps ``fast.use_context`` off and the Mid loop is the world model.
 """
 
 from __future__ import annotations
