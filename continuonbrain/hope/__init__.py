@@ -7,7 +7,9 @@ Components (each a ``torch.nn.Module`` built from one :class:`HopeConfig`, with 
 * :class:`MidLoop` (``mid_loop.py``): SSM world model over tokens and actions at the Mid
   rate; predicts the next tokens and emits a context for the Fast loop.
 * :class:`FastLoop` (``fast_loop.py``): the reflex policy, an SSM over 50-100 ms windows with
-  bounded actions, plus :class:`FastLoopNumpy`, its pure-numpy per-tick path.
+  bounded actions, plus :class:`FastLoopNumpy`, its pure-numpy per-tick path, and
+  :class:`PixelEncoder` (``pixels.py``), its eyes: a frozen copy of the VQ-VAE's conv encoder
+  read at every tick when observations hold camera frames.
 * :class:`HopeBrain` (``brain.py``): the assembly that acts, with safetensors persistence.
 * ``ssm.py`` (diagonal linear SSM with a parallel scan), ``lora.py`` (PEFT-format LoRA).
 
@@ -41,6 +43,7 @@ from continuonbrain.hope.lora import (
     save_adapter,
 )
 from continuonbrain.hope.mid_loop import MidLoop, MidState
+from continuonbrain.hope.pixels import PixelEncoder
 from continuonbrain.hope.ssm import DiagonalSSM, SSMBlock, SSMStack, linear_scan
 from continuonbrain.hope.vqvae import VQVAE, VQVAEOutput
 
@@ -59,6 +62,7 @@ __all__ = [
     "MidLoop",
     "MidLoopConfig",
     "MidState",
+    "PixelEncoder",
     "SSMBlock",
     "SSMStack",
     "VQVAEConfig",
