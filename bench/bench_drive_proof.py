@@ -307,6 +307,10 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0f}"
+
+
 def table(res: dict[str, Any]) -> str:
     """The side-by-side Markdown table."""
     ev, hope, lin = res["evaluation"], res["hope"], res["linear"]
@@ -325,8 +329,8 @@ def table(res: dict[str, Any]) -> str:
     for name, e, t in rows:
         lat = e.get("act_latency")
         lat_s = f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f}" if lat else "n/a"
-        train_s = f"{t['train_s']:.0f} / {t['train_cpu_s']:.0f}" if t else "n/a"
-        rss = f"{t['peak_rss_mb']:.0f}" if t else "n/a"
+        train_s = f"{t['train_s']:.0f} / {_num(t.get('train_cpu_s'))}" if t else "n/a"
+        rss = _num(t.get("peak_rss_mb")) if t else "n/a"
         lines.append(
             f"| {name} | {_pct(e['mean_progress'])} | {_pct(e['mean_progress'] / expert)} | {_pct(e['lap_rate'])} "
             f"| {_pct(e['off_track_rate'])} / {_pct(e['off_track_step_fraction'])} | {e['mean_abs_cte']:.3f} "
