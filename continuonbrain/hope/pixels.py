@@ -16,9 +16,9 @@ Why a frozen copy of the VQ-VAE's encoder (decision, measured in BENCHMARKS.md "
   state vector. End-to-end fine-tuning would run the conv net forwards and backwards on every
   frame of every window of every step, about 100x the Fast loop's training cost on a Pi.
 * Cheap to act: one conv pass per tick on the pooled frame (three stride-2 convs and a
-  projection, ~5 M multiply-adds at 80x60 from 160x120): ``BrainService.act`` p50 0.85 ms,
-  p99 of its CPU time 1.8 ms with one torch thread (``bench/bench_camera.py``), so a numpy
-  conv was not needed.
+  projection, ~5 M multiply-adds at 80x60 from 160x120): ``BrainService.act`` p50 0.62 ms,
+  p99 1.06 ms with one torch thread (``bench/bench_camera.py``), so a numpy conv was not
+  needed.
 * Self-contained: the copy lives in ``fast_loop.safetensors``, so a Fast loop acts without
   the VQ-VAE and never silently reads features from a VQ-VAE retrained after it.
 * The VQ-VAE is trained first anyway (the Mid loop's tokenizer), to reconstruct the whole
