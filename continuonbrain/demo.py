@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -46,6 +47,9 @@ SHIFT_EPISODES = 60
 #: Evaluation episodes per policy; base seed 1000 so no evaluated episode was trained on.
 EVAL_EPISODES = 100
 EVAL_SEED = 1000
+#: The gate's sim twin runs other episodes than the summary table (base seeds are mixed through
+#: SeedSequence: 1000 and 2000 share none), so the table scores what the gate never saw.
+TWIN_SEED = 2000
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 ADAPT_CONFIG = CONFIG_DIR / "sim-arm-lora.json"
 
@@ -70,8 +74,6 @@ def _record(
         print(f"  reusing {what} in {out}")
         return None
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)  # an interrupted recording: start it over
     summary = collect_to_dir(
         env_id, n, out, format, seed=seed, dart_sigma=dart_sigma, env_kwargs=env_kwargs, progress=f"recording {what}"
@@ -157,7 +159,7 @@ def _gate_config(models: Path, env_id: str = DEMO_ENV, sim_episodes: int | None 
 
     if not (models / GATE_CONFIG_FILE).is_file():
         episodes = {} if sim_episodes is None else {"sim_episodes": sim_episodes}
-        write_gate_config(models, SafetyGateConfig(sim_env=env_id, sim_seed=EVAL_SEED, **episodes))
+        write_gate_config(models, SafetyGateConfig(sim_env=env_id, sim_seed=TWIN_SEED, **episodes))
     return load_gate_config(models)
 
 
@@ -176,19 +178,20 @@ def _evaluate(
     *,
     env_id: str = DEMO_ENV,
     episodes: int = EVAL_EPISODES,
+    slot: str = "current",
 ) -> dict[str, Any]:
-    """Score ``current`` through BrainService (cached by version, so a rerun is instant)."""
+    """Score ``slot`` through BrainService (cached by version, so a rerun is instant)."""
     from continuonbrain.models.store import PromotionStore
     from continuonbrain.runtime.served_policy import evaluate_served
 
-    version = PromotionStore(models).current_version()
+    version = (PromotionStore(models).manifest(slot) or {}).get("version")
     cached = cache.get(key)
     if cached and cached.get("model_version") == version:
         return cached
     t0 = time.perf_counter()
     print(f"  evaluating {version} on {env_id}{' ' + json.dumps(env_kwargs) if env_kwargs else ''} "
           f"({episodes} episodes each: model, random, expert)")  # fmt: skip
-    result = evaluate_served(models, env_id, episodes=episodes, seed=EVAL_SEED, env_kwargs=env_kwargs)
+    result = evaluate_served(models, env_id, slot=slot, episodes=episodes, seed=EVAL_SEED, env_kwargs=env_kwargs)
     result.pop("per_episode", None)
     for b in (result.get("baselines") or {}).values():
         if b:
@@ -196,6 +199,34 @@ def _evaluate(
     result["eval_s"] = round(time.perf_counter() - t0, 1)
     cache[key] = result
     return result
+
+
+def _adapted_scores(
+    models: Path, workdir: Path, served: dict[str, Any], cache: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The LoRA-adapted brain on the shifted task and on the original one, promoted or not.
+
+    A promoted adapter is scored as served; one the gate refused is scored from
+    ``rejected/<version>`` (copied into a scratch store's candidate slot), so the table shows
+    what adaptation did to both tasks whatever the gate decided (issue 13: no silent forgetting).
+    None when no adaptation ran."""
+    if served.get("kind") != "hope-seed":
+        store, slot, verdict = models, "current", "promoted"
+    else:
+        rejected = sorted((models / "rejected").glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
+        rejected = [p.parent for p in rejected if json.loads(p.read_text()).get("kind") != "hope-seed"]
+        if not rejected:
+            return None
+        store, slot, verdict = workdir / "adapter-eval", "candidate", "refused"
+        if store.exists():
+            shutil.rmtree(store)
+        # the slot as it was a candidate: the gate's own gate.json is not one of its files
+        shutil.copytree(rejected[-1], store / "candidate", ignore=shutil.ignore_patterns("gate.json"))
+    return {
+        "verdict": verdict,
+        "shifted": _evaluate(store, SHIFT, cache, "adapted_on_shifted", slot=slot),
+        "original": _evaluate(store, None, cache, "adapted_on_reach2d", slot=slot),
+    }
 
 
 def _row(name: str, r: dict[str, Any] | None) -> str:
@@ -233,7 +264,8 @@ def run_demo(workdir: Path, serve: bool = True, port: int = 8080) -> int:
     rows.append(("episodes ok / bad", f"{report.episodes_ok} / {report.episodes_bad} ({report.steps_ok} steps)"))
 
     print(f"[3/9] converting to a TFDS RLDS dataset -> {tfds_dir}")
-    converted = convert(episodes_dir, tfds_dir, "tfds", name="continuon_demo")
+    # the demo's own scratch copy, rebuilt on every run from the episodes (said, never silent)
+    converted = convert(episodes_dir, tfds_dir, "tfds", name="continuon_demo", overwrite=tfds_dir.exists())
     back = sum(len(ep) for ep in tqdm(read_episodes(tfds_dir), desc="reading TFDS back", unit="ep", leave=False))
     rows.append(("TFDS round trip", f"{converted['written']} episodes, {back} steps read back"))
 
@@ -281,9 +313,10 @@ def run_demo(workdir: Path, serve: bool = True, port: int = 8080) -> int:
 
     print("[8/9] evaluating through BrainService.act")
     served = store.manifest("current") or {}
-    adapted_shift = _evaluate(models, SHIFT, cache, "current_on_shifted") if served.get("kind") != "hope-seed" else None
+    adapted = _adapted_scores(models, workdir, served, cache)
     results_path.write_text(json.dumps(cache, indent=2) + "\n")
-    rows.append(("serving", f"{served.get('version')} ({served.get('kind')})"))
+    live = "the Robot Editor's live arm runs ordinary reach2d with it"
+    rows.append(("serving", f"{served.get('version')} ({served.get('kind')}); {live}"))
 
     # -- the camera car: its own segment and model store (continuonbrain/demo_car.py) --
     from continuonbrain.demo_car import run_car
@@ -303,11 +336,13 @@ def run_demo(workdir: Path, serve: bool = True, port: int = 8080) -> int:
         print(_row("HOPE seed", seed_base))
         print(_row("expert (scripted IK)", seed_base["baselines"]["expert"]))
         print(_row("random", seed_base["baselines"]["random"]))
+    if adapted:  # what adaptation did to the task the brain could already do
+        print(_row(f"HOPE + LoRA ({adapted['verdict']})", adapted["original"]))
     print("  shifted task: targets behind the robot")
     if seed_shift:
         print(_row("HOPE seed (before)", seed_shift))
-    if adapted_shift:
-        print(_row("HOPE + LoRA (after)", adapted_shift))
+    if adapted:
+        print(_row(f"HOPE + LoRA ({adapted['verdict']})", adapted["shifted"]))
     if seed_shift:
         print(_row("expert (scripted IK)", seed_shift["baselines"]["expert"]))
     print("\n".join(car.table))
