@@ -26,8 +26,9 @@ Why a frozen copy of the VQ-VAE's encoder (decision, measured in BENCHMARKS.md "
   reconstruction that lost them would be far off.
 
 Measured on drive2d (21k expert frames, 20 unseen tracks, BENCHMARKS.md "Pixel reflex"):
-71-80% of the expert's lap progress with features from a VQ-VAE that got only 65-74 of its
-300 steps on a loaded machine; the Mid context on top changed nothing (79.4% against 79.6%),
+the shipped config reaches 88.8% of the expert's lap progress (71-80% when a loaded machine
+cut the VQ-VAE to 65-74 of its 300 steps); the Mid context on top changed nothing (79.4%
+against 79.6%),
 so the shipped config keeps ``fast.use_context`` off and the Mid loop is the world model.
 """
 
