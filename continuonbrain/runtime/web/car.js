@@ -11,12 +11,12 @@
 // the arm it starts paused and never queues ticks: the next starts when the last one finished.
 
 import { ApiError, post } from "./api.js";
-import { $, fmtNum, notify, setText, sleep } from "./dom.js";
+import { $, fmtNum, notify, setText } from "./dom.js";
+import { settled as settledOf, startLoop } from "./live_loop.js";
 
 const CAR_IMAGE_KEY = "cam/image_array";
 const PERIOD_MS = 50; // drive2d's 20 Hz
 const FRAME_MS = 200; // a few camera pictures a second are enough to watch
-const NO_MODEL_RETRY_MS = 1000;
 const TRAIL = 600; // poses: 30 s at 20 Hz
 const CAR_DRAWN_M = 0.35; // the car's length on the map (larger than life, to be seen)
 
@@ -32,6 +32,17 @@ const car = {
   lastTickAt: null,
   periodMs: null,
   shown: false,
+};
+
+/** What the shared run loop (live_loop.js) needs to know of the car. */
+const panel = {
+  what: "car",
+  periodMs: PERIOD_MS,
+  setRunning,
+  newEpisode,
+  tick,
+  noModel: (message) => showBanner(`No model loaded: ${message}`),
+  failed,
 };
 
 export function initCar() {
@@ -69,7 +80,7 @@ function setRunning(running) {
   setText("car-state", running ? "running" : "paused");
 }
 
-const settled = () => car.inflight.catch(() => {});
+const settled = () => settledOf(car);
 
 function pause() {
   car.generation++;
@@ -77,21 +88,8 @@ function pause() {
   setRunning(false);
 }
 
-async function run() {
-  if (car.running) return;
-  setRunning(true);
-  const gen = ++car.generation;
-  await settled();
-  if (gen !== car.generation) return;
-  if (!car.state) {
-    try {
-      await newEpisode(gen);
-    } catch (err) {
-      failed(err);
-      return;
-    }
-  }
-  loop(gen);
+function run() {
+  return startLoop(car, panel);
 }
 
 async function newTrack(resume) {
@@ -116,35 +114,6 @@ async function newEpisode(gen, fresh = false) {
   car.track = state.track;
   car.trail = [];
   apply(state);
-}
-
-async function loop(gen) {
-  while (car.running && gen === car.generation) {
-    const started = performance.now();
-    let wait = PERIOD_MS;
-    car.inflight = tick(gen);
-    try {
-      await car.inflight;
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 503) {
-        showBanner(`No model loaded: ${err.message}`);
-        wait = NO_MODEL_RETRY_MS;
-      } else if (err instanceof ApiError && err.status === 404) {
-        notify("info", "the live car expired on the server; starting a new episode");
-        car.state = null;
-        try {
-          await newEpisode(gen);
-        } catch (err2) {
-          failed(err2);
-          return;
-        }
-      } else {
-        failed(err);
-        return;
-      }
-    }
-    await sleep(Math.max(0, wait - (performance.now() - started)));
-  }
 }
 
 async function tick(gen) {

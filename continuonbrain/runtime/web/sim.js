@@ -13,10 +13,10 @@
 // held for 5 ticks, which stays true after the tip drifts off).
 
 import { ApiError, post } from "./api.js";
-import { $, fmtNum, notify, setText, sleep } from "./dom.js";
+import { $, fmtNum, notify, setText } from "./dom.js";
+import { settled as settledOf, startLoop } from "./live_loop.js";
 
 const PERIOD_MS = 20;
-const NO_MODEL_RETRY_MS = 1000;
 const TRAIL = 160;
 const VIEW = 1.1; // world units from the centre to the canvas edge (the arm reaches 1.0)
 const SUCCESS_RADIUS = 0.05; // reach2d's success radius, drawn around the target
@@ -46,6 +46,17 @@ const sim = {
   lastTickAt: null,
 };
 
+/** What the shared run loop (live_loop.js) needs to know of the arm. */
+const panel = {
+  what: "sim",
+  periodMs: PERIOD_MS,
+  setRunning,
+  newEpisode,
+  tick,
+  noModel: (message) => showNoModel(true, message),
+  failed,
+};
+
 export function initSim() {
   $("sim-run").addEventListener("click", () => (sim.running ? pause() : run()));
   $("sim-reset").addEventListener("click", () => resetSim(sim.running));
@@ -63,21 +74,8 @@ function setRunning(running) {
   setText("sim-state", running ? "running" : "paused");
 }
 
-async function run() {
-  if (sim.running) return;
-  setRunning(true);
-  const gen = ++sim.generation;
-  await settled(); // a tick of the previous run may still be on the wire: never two at once
-  if (gen !== sim.generation) return;
-  if (!sim.state) {
-    try {
-      await newEpisode(gen);
-    } catch (err) {
-      failed(err);
-      return;
-    }
-  }
-  loop(gen);
+function run() {
+  return startLoop(sim, panel);
 }
 
 /** One tick while paused (a new episode first if there is none). */
@@ -104,7 +102,7 @@ function pause() {
 }
 
 /** Resolves when the tick in flight (if any) has finished, however it ended. */
-const settled = () => sim.inflight.catch(() => {});
+const settled = () => settledOf(sim);
 
 async function resetSim(resume) {
   pause();
@@ -129,35 +127,6 @@ async function newEpisode(gen) {
   sim.freshEpisode = true;
   sim.trail = [];
   apply(state, true);
-}
-
-async function loop(gen) {
-  while (sim.running && gen === sim.generation) {
-    const started = performance.now();
-    let wait = PERIOD_MS;
-    sim.inflight = tick(gen);
-    try {
-      await sim.inflight;
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 503) {
-        showNoModel(true, err.message);
-        wait = NO_MODEL_RETRY_MS;
-      } else if (err instanceof ApiError && err.status === 404) {
-        notify("info", "the live sim expired on the server; starting a new episode");
-        sim.state = null;
-        try {
-          await newEpisode(gen);
-        } catch (err2) {
-          failed(err2);
-          return;
-        }
-      } else {
-        failed(err);
-        return;
-      }
-    }
-    await sleep(Math.max(0, wait - (performance.now() - started)));
-  }
 }
 
 async function tick(gen) {
