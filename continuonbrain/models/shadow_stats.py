@@ -282,7 +282,7 @@ def write_shadow_record(model_root: str | Path, record: Mapping[str, Any]) -> Pa
     """Write ``record`` to ``<model_root>/shadow.json`` atomically (readers see the old record or
     the new one, and the new one survives a power cut); returns the path."""
     path = Path(model_root) / SHADOW_FILE
-    data = json.dumps(_json_safe(record), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    data = json.dumps(json_safe(record), indent=2, sort_keys=True, allow_nan=False) + "\n"
     atomic_write_bytes(path, data.encode())
     return path
 
@@ -342,13 +342,19 @@ def _fmt(value: float | None) -> str:
     return "none" if value is None else f"{value:.4f}"
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """Plain JSON types only: numpy scalars become Python numbers, NaN and inf become None,
+    anything else not JSON (a path in a manifest) its string. One helper for the shadow record
+    on disk and for what the runtime's API answers (records, status, manifests from a trainer),
+    so both say the same about the same value and ``allow_nan=False`` never trips."""
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    return value
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)

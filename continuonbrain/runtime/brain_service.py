@@ -100,7 +100,7 @@ from typing import Any
 import numpy as np
 
 from continuonbrain.hope import HopeBrain, HopeConfig
-from continuonbrain.models.shadow_stats import ShadowConfig, manifest_sha256, read_shadow_record
+from continuonbrain.models.shadow_stats import ShadowConfig, json_safe, manifest_sha256, read_shadow_record
 from continuonbrain.models.store import ModelStore, StoreError
 from continuonbrain.runtime.shadow import NoShadowError, ShadowConflictError, ShadowRunner
 
@@ -837,12 +837,12 @@ class BrainService:
         the record on disk); else the shape with nothing in it (``active`` false)."""
         runner = self._shadow or self._shadow_last
         if runner is not None:
-            return _json_safe(runner.status())
+            return json_safe(runner.status())
         try:
             record = read_shadow_record(self.model_root)
         except ValueError as exc:
             return {**_EMPTY_SHADOW, "reason": str(exc)}
-        return _json_safe({**_EMPTY_SHADOW, **record, "active": False}) if record else dict(_EMPTY_SHADOW)
+        return json_safe({**_EMPTY_SHADOW, **record, "active": False}) if record else dict(_EMPTY_SHADOW)
 
     def _shadow_finished(self, runner: ShadowRunner) -> None:
         """The worker's last word: the window is over and recorded (the reference lock only:
@@ -931,7 +931,7 @@ class BrainService:
                     },
                 }
             )
-        return _json_safe(out)
+        return json_safe(out)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -993,18 +993,3 @@ def _interface_mismatch(current: Any, candidate: Any) -> str | None:
 
 def _iso(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).isoformat()
-
-
-def _json_safe(value: Any) -> Any:
-    """Plain JSON types only (manifests may carry numpy scalars or paths from a trainer)."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
