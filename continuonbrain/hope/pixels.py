@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from continuonbrain.hope.config import HopeConfig, pool_factor
 from continuonbrain.hope.layers import Normalizer
-from continuonbrain.hope.vqvae import ConvEncoder, images_to_unit
+from continuonbrain.hope.vqvae import ConvEncoder, checked_images
 
 __all__ = ["FEATURE_CHUNK", "PixelEncoder"]
 
@@ -94,18 +94,16 @@ class PixelEncoder(nn.Module):
         feats, lead = [], None
         device = self.normalizer.mean.device
         for key in self.keys:
-            if key not in images:
-                raise ValueError(f"image {key!r} is missing (the Fast loop reads images {self.keys})")
-            img = torch.as_tensor(images[key])
-            shape = self.shapes[key]
-            if tuple(img.shape[-3:]) != shape:
-                raise ValueError(f"image {key!r} has shape {tuple(img.shape[-3:])}, expected [H, W, C] = {list(shape)}")
-            ilead = tuple(img.shape[:-3])
-            if lead is not None and ilead != lead:
-                raise ValueError(f"image {key!r} has leading dims {ilead}, the other images {lead}")
-            lead = ilead
-            x = images_to_unit(img.reshape(-1, *shape).to(device)).permute(0, 3, 1, 2)
-            feats.append(self.encoders[key](x))
+            x, lead = checked_images(
+                images,
+                key,
+                self.shapes[key],
+                lead,
+                device,
+                expected=f"the Fast loop reads images {self.keys}",
+                lead_of="the other images",
+            )
+            feats.append(self.encoders[key](x.permute(0, 3, 1, 2)))
         assert lead is not None
         out = torch.cat(feats, dim=-1) if len(feats) > 1 else feats[0]
         return out.reshape(*lead, self.dim)

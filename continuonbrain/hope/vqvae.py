@@ -222,6 +222,32 @@ def images_to_unit(img: Tensor) -> Tensor:
     return img.float() / 127.5 - 1.0
 
 
+def checked_images(
+    images: Mapping[str, Any],
+    key: str,
+    shape: tuple[int, int, int],
+    lead: tuple[int, ...] | None,
+    device: torch.device,
+    *,
+    expected: str,
+    lead_of: str,
+) -> tuple[Tensor, tuple[int, ...]]:
+    """Image ``key`` of ``images`` checked and flattened -> (``[M, H, W, C]`` in ``[-1, 1]``, its
+    leading dims). It must be there and end in ``shape``; its leading dims must be ``lead`` (those
+    of the inputs read before it; None: it sets them). The VQVAE and the pixel encoder read their
+    cameras by these rules, so a bad frame gets the same error from both; ``expected`` says what
+    was expected when the image is missing, ``lead_of`` whose leading dims it had to match."""
+    if key not in images:
+        raise ValueError(f"image {key!r} is missing ({expected})")
+    img = torch.as_tensor(images[key])
+    if tuple(img.shape[-3:]) != shape:
+        raise ValueError(f"image {key!r} has shape {tuple(img.shape[-3:])}, expected [H, W, C] = {list(shape)}")
+    ilead = tuple(img.shape[:-3])
+    if lead is not None and ilead != lead:
+        raise ValueError(f"image {key!r} has leading dims {ilead}, {lead_of} {lead}")
+    return images_to_unit(img.reshape(-1, *shape).to(device)), ilead
+
+
 def unit_to_uint8(img: Tensor) -> Tensor:
     return ((img + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
@@ -304,16 +330,15 @@ class VQVAE(nn.Module):
             x = self.normalizer(x.reshape(-1, self.obs_dim))
         flat: dict[str, Tensor] = {}
         for key, shape in self.image_shapes.items():
-            if key not in images:
-                raise ValueError(f"image {key!r} is missing (this VQVAE expects images {sorted(self.image_shapes)})")
-            img = torch.as_tensor(images[key])
-            if tuple(img.shape[-3:]) != shape:
-                raise ValueError(f"image {key!r} has shape {tuple(img.shape[-3:])}, expected [H, W, C] = {list(shape)}")
-            ilead = tuple(img.shape[:-3])
-            if lead is not None and ilead != lead:
-                raise ValueError(f"image {key!r} has leading dims {ilead}, the observation has {lead}")
-            lead = ilead
-            flat[key] = images_to_unit(img.reshape(-1, *shape).to(self.normalizer.mean.device))
+            flat[key], lead = checked_images(
+                images,
+                key,
+                shape,
+                lead,
+                self.normalizer.mean.device,
+                expected=f"this VQVAE expects images {sorted(self.image_shapes)}",
+                lead_of="the observation has",
+            )
         assert lead is not None
         return x, flat, lead
 
