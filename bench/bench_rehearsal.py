@@ -35,6 +35,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_gate import NO_WALL_TIME, record_data  # noqa: E402  (the gate bench's data, the same recording)
 
 from continuonbrain import demo  # noqa: E402  (after the path insert: runs from a checkout)
 
@@ -43,25 +46,17 @@ def ensure_data(data: Path) -> tuple[Path, Path, Path]:
     """(seed store, reach2d episodes, shifted episodes), made once."""
     from continuonbrain.models.promotion import promote_candidate
     from continuonbrain.models.store import PromotionStore
-    from continuonbrain.sim.collect import collect_to_dir
     from continuonbrain.trainer.sequential import SequentialTrainer
     from continuonbrain.trainer.train_config import SequentialConfig
 
-    base, shifted, models = data / "episodes", data / "episodes-behind", data / "seed-models"
-    for out, n, seed, kwargs in (
-        (base, demo.DEMO_EPISODES, demo.DEMO_SEED, None),
-        (shifted, demo.SHIFT_EPISODES, demo.DEMO_SEED + 1, demo.SHIFT),
-    ):
-        if not (out / ".complete").exists():
-            shutil.rmtree(out, ignore_errors=True)
-            collect_to_dir(demo.DEMO_ENV, n, out, seed=seed, dart_sigma=0.1, env_kwargs=kwargs)
-            (out / ".complete").write_text("ok\n")
+    base, shifted = record_data(data)
+    models = data / "seed-models"
     if PromotionStore(models).current_version() is None:
         shutil.rmtree(models, ignore_errors=True)
         cfg = SequentialConfig.from_json(
             demo.CONFIG_DIR / "pi5-hope-v1.json",
             # steps, not seconds: a busy machine must not stop the seed early (reproducible table)
-            {f"components.{c}.max_wall_time_s": None for c in ("vqvae", "mid_loop", "fast_loop")},
+            NO_WALL_TIME,
             rlds_dir=str(base),
             model_root=str(models),
             run_dir=str(data / "seed-run"),
