@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +71,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(port: int, server: subprocess.Popen) -> None:
+    """Until the server listens on ``port``; exits if it died or did not start in 120 s."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit("the server did not start") from None
+            time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def serving(root: Path, *extra: str) -> Iterator[int]:
+    """``continuonbrain serve`` of the store ``root/models`` (runs in ``root/runs``, ``extra``
+    arguments after) in its own process on a free loopback port, for the block -> the port.
+    Shared with ``bench_live_car.py``: both measure the server as a robot's client sees it."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "continuonbrain", "serve", "--model-root", str(root / "models")]
+    cmd += ["--port", str(port), "--run-root", str(root / "runs"), *extra]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    try:
+        wait_for_port(port, server)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=300)
@@ -78,20 +110,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         camera_store(root)
-        port = free_port()
-        cmd = [sys.executable, "-m", "continuonbrain", "serve", "--model-root", str(root / "models")]
-        cmd += ["--port", str(port), "--run-root", str(root / "runs")]
-        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or server.poll() is not None:
-                        raise SystemExit("the server did not start") from None
-                    time.sleep(0.2)
+        with serving(root) as port:
             bodies = {
                 name: [
                     json.dumps({"observation": {KEY: e[name]}, "session_id": "car", "reset": True}).encode()
@@ -116,9 +135,6 @@ def main() -> None:
                         rtt[name].append(dt)
                         act[name].append(json.loads(data)["latency_us"] / 1e3)
             conn.close()
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     load = os.getloadavg()[0]
     result = {
         "command": " ".join(["python", *sys.argv]),

@@ -23,8 +23,6 @@ import json
 import os
 import platform
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,21 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_frames import KEY, camera_store, free_port  # noqa: E402
+from bench_frames import KEY, camera_store, serving  # noqa: E402
 
 from continuonbrain.sim.collect import collect_to_dir  # noqa: E402
-
-
-def wait_for_port(port: int, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("the server did not start") from None
-            time.sleep(0.2)
 
 
 def call(conn: http.client.HTTPConnection, method: str, path: str, body: dict | None = None) -> tuple[float, bytes]:
@@ -84,12 +70,7 @@ def main() -> None:
         root = Path(tmp)
         camera_store(root)
         collect_to_dir("drive2d", 2, root / "episodes", seed=0, dart_sigma=0.2, max_steps=200)
-        port = free_port()
-        cmd = [sys.executable, "-m", "continuonbrain", "serve", "--model-root", str(root / "models")]
-        cmd += ["--port", str(port), "--run-root", str(root / "runs"), "--rlds-dir", str(root / "episodes")]
-        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-        try:
-            wait_for_port(port, server)
+        with serving(root, "--rlds-dir", str(root / "episodes")) as port:
             conn = http.client.HTTPConnection("127.0.0.1", port)
             _, data = call(conn, "POST", "/api/sim/reset", {"env": "drive2d", "seed": 1})
             sim_id = json.loads(data)["sim_id"]
@@ -117,9 +98,6 @@ def main() -> None:
                         scrub[name]["ms"].append(dt)
                         scrub[name]["bytes"].append(len(data))
             conn.close()
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     load = os.getloadavg()[0]
     result = {
         "command": " ".join(["python", *sys.argv]),
