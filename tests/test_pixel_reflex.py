@@ -188,6 +188,55 @@ def test_the_shipped_config_trains_a_donkeycar_tub_without_edits(tmp_path: Path)
     assert action.shape == (2,) and np.isfinite(action).all()
 
 
+@pytest.mark.parametrize("mode", ["trained", "vqvae_finetuned", "vqvae_frozen"])
+def test_how_the_fast_loop_gets_its_eyes(tmp_path: Path, mode: str) -> None:
+    """``fast.pixel_encoder``: trained from scratch needs no VQ-VAE at all; fine-tuned starts from
+    the VQ-VAE's encoder and moves away from it; frozen stays the VQ-VAE's encoder exactly."""
+    episodes = drive_episodes(tmp_path / "episodes", 2, (24, 32))
+    model = {**TINY, "fast": {**TINY["fast"], "pixel_encoder": mode}}
+    cfg = tiny_config(tmp_path, episodes, steps=4, model=model)
+    if mode == "trained":
+        cfg = cfg.model_copy(update={"order": ["fast_loop"]})
+    summary = SequentialTrainer(cfg).run()
+    assert list(summary["components"]) == cfg.order
+    brain = HopeBrain.load(tmp_path / "models" / "candidate")
+    assert brain.config.fast.pixel_encoder == mode
+    action = brain.act({CAM: frames((24, 32), 1)[0]})
+    assert action.shape == (2,) and np.isfinite(action).all()
+    if mode == "trained":
+        assert brain.vqvae is None
+        return
+    mine = brain.fast_loop.pixels.encoders[CAM].state_dict()
+    theirs = brain.vqvae.image_encoders[CAM].state_dict()
+    same = [torch.equal(mine[k], theirs[k]) for k in theirs]
+    assert all(same) if mode == "vqvae_frozen" else not any(same)
+
+
+def test_training_reads_the_pooled_frames_the_brain_reads_when_it_acts(tmp_path: Path) -> None:
+    """The trainer caches each frame pooled once (``with_pixel_frames``): bit for bit what the
+    brain pools from the camera frame at that tick, so it trains on the features it acts on."""
+    from continuonbrain.hope.pixels import POOLED_PREFIX
+    from continuonbrain.rlds import read_episodes
+    from continuonbrain.trainer.hope_data import with_pixel_frames
+
+    episodes = drive_episodes(tmp_path / "episodes", 1, (120, 160), steps=6, fmt="tub")
+    cfg = HopeConfig(obs_dim=0, image_keys=[CAM], image_shapes={CAM: [120, 160, 3]}, **TINY)
+    torch.manual_seed(0)
+    pixels = FastLoop(cfg).pixels.eval()
+    (ep,) = list(with_pixel_frames(lambda: read_episodes(episodes), pixels, [CAM])())
+    pooled = ep.extras[POOLED_PREFIX + CAM]
+    assert pooled.dtype == np.uint8 and pooled.shape == (6, 60, 80, 3)  # 160x120 pooled to 80x60
+    with torch.no_grad():
+        trained_on = pixels.encode_prepared({CAM: torch.from_numpy(pooled)}).numpy()
+    for t in range(len(ep)):
+        frame = ep.observation[CAM][t].decode()
+        np.testing.assert_array_equal(
+            pixels.prepare({CAM: torch.from_numpy(frame.copy())[None]})[CAM][0].numpy(), pooled[t]
+        )
+        # the same input; only the conv's batch size differs (1 here, 6 above): float rounding
+        np.testing.assert_allclose(pixels.features({CAM: frame}), trained_on[t], rtol=0, atol=1e-6)
+
+
 # --- kill -9 and resume with images ---------------------------------------------------------------
 
 
@@ -226,8 +275,8 @@ def image_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_kill_9_with_images_then_resume_gives_the_uninterrupted_files(
     tmp_path: Path, image_run: dict, component: str
 ) -> None:
-    """Killed inside the Mid loop (cached codes) or the Fast loop (cached image features), a
-    resumed run ends with the uninterrupted run's files, byte for byte."""
+    """Killed inside the Mid loop (cached codes) or the Fast loop (its conv encoder training on
+    cached pooled frames), a resumed run ends with the uninterrupted run's files, byte for byte."""
     run = tmp_path / "run"
     cmd = _train_cmd(image_run["config"], image_run["episodes"], run)
 

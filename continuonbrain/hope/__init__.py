@@ -8,8 +8,8 @@ Components (each a ``torch.nn.Module`` built from one :class:`HopeConfig`, with 
   rate; predicts the next tokens and emits a context for the Fast loop.
 * :class:`FastLoop` (``fast_loop.py``): the reflex policy, an SSM over 50-100 ms windows with
   bounded actions, plus :class:`FastLoopNumpy`, its pure-numpy per-tick path, and
-  :class:`PixelEncoder` (``pixels.py``), its eyes: a frozen copy of the VQ-VAE's conv encoder
-  read at every tick when observations hold camera frames.
+  :class:`PixelEncoder` (``pixels.py``), its eyes: a small conv encoder, trained end to end
+  on the action loss, read at every tick when observations hold camera frames.
 * :class:`HopeBrain` (``brain.py``): the assembly that acts, with safetensors persistence.
 * ``ssm.py`` (diagonal linear SSM with a parallel scan), ``lora.py`` (PEFT-format LoRA).
 

@@ -15,7 +15,7 @@ Acting (:meth:`HopeBrain.act`) carries recurrent state between calls: the Fast l
 every call, the Mid loop every ``mid_every`` calls (on calls 0, k, 2k, ... after a reset,
 with the mean of the actions taken since its last step), and its context is held in
 between. A Fast loop that reads images (``fast.image_features``) encodes this tick's frames
-with its own frozen conv encoder (:class:`~continuonbrain.hope.pixels.PixelEncoder`, torch
+with its own conv encoder (:class:`~continuonbrain.hope.pixels.PixelEncoder`, torch
 inference) on every call. By default the Fast loop runs on its pure-numpy export
 (:class:`~continuonbrain.hope.fast_loop.FastLoopNumpy`); :meth:`HopeBrain.reset` re-exports
 it when the torch weights have changed since the last export.

@@ -153,10 +153,23 @@ class FastLoopConfig(ConfigModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     image_features: bool = True
     """With ``image_keys``: feed the Fast loop, at **every** tick, each image's continuous conv
-    feature (``vqvae.image_feature_dim`` floats per key, standardised). The conv encoder is the
-    trained VQ-VAE's, copied into the Fast loop and frozen (:mod:`~continuonbrain.hope.pixels`):
-    a camera-only robot then drives from pixels without the Mid context. False: images reach
+    feature (``vqvae.image_feature_dim`` floats per key, standardised) from the Fast loop's own
+    conv encoder (:mod:`~continuonbrain.hope.pixels`; how it is trained: ``pixel_encoder``): a
+    camera-only robot then drives from pixels without the Mid context. False: images reach
     the Fast loop only through the Mid context (every ``mid_every`` ticks)."""
+    pixel_encoder: Literal["trained", "vqvae_finetuned", "vqvae_frozen"] = "trained"
+    """How the Fast loop's conv encoder (the VQ-VAE's architecture: ``vqvae.conv_channels``,
+    ``image_feature_dim``, ``max_image_side``) gets its weights:
+
+    * ``"trained"`` (default): from scratch, trained end to end with the SSM on the action loss,
+      so it learns what steering needs. The Fast loop then needs no VQ-VAE.
+    * ``"vqvae_finetuned"``: starts from the trained VQ-VAE's encoder, then trained end to end.
+    * ``"vqvae_frozen"``: a frozen copy of the trained VQ-VAE's encoder (features computed once
+      per frame, the cheapest to train; issue 14's first design).
+
+    Measured on drive2d (BENCHMARKS.md, "Pixel reflex"): lap progress of the expert's on unseen
+    tracks, frozen ~80%, fine-tuned ~88%, trained ~93%+: an encoder trained to reconstruct
+    80-px frames keeps the wrong details for steering."""
     use_context: bool = True
     """Feed the Mid loop's context (zeros when absent). False: the Fast loop ignores it. Camera
     observations no longer need it (``image_features`` reads the frame every tick; for the

@@ -4,15 +4,16 @@ Architecture (small on purpose, ~20k parameters by default)::
 
     [obs_n, img_n, context] --Linear--> SSMStack --RMSNorm--> Linear --tanh--> scale to bounds
     obs (raw units) --Normalizer--> obs_n
-    images (uint8) --PixelEncoder (frozen)--> features --Normalizer--> img_n
+    images (uint8) --PixelEncoder (convs)--> features --Normalizer--> img_n
 
 * Input: the standardised vector observation plus the Mid loop's context vector (zeros when
   there is no Mid loop), so a brain without a Mid loop still acts; train with the context
   the brain will have (``batch["context"]``, e.g. the Mid loop's ``context_steps``).
 * Images (config ``image_keys`` with ``fast.image_features``): every tick, each frame's
-  continuous conv feature from :class:`~continuonbrain.hope.pixels.PixelEncoder` (a frozen
-  copy of the VQ-VAE's encoder, saved with the Fast loop). Training passes precomputed
-  features (``batch["image_features"]``, raw ``[B, L, F]``) or the frames (``batch["images"]``).
+  continuous conv feature from :class:`~continuonbrain.hope.pixels.PixelEncoder` (the Fast
+  loop's own conv encoder, trained end to end on the action loss by default, saved with the
+  Fast loop). Training passes pooled frames (``batch[POOLED_PREFIX + key]``), precomputed
+  features of a frozen encoder (``batch["image_features"]``) or the frames (``batch["images"]``).
 * The SSM stack gives the policy a short memory (velocities, contact transients) over its
   50-100 ms training windows; the time constants are capped near that window (see
   :class:`~continuonbrain.hope.config.FastLoopConfig`).
@@ -40,7 +41,7 @@ from torch import Tensor, nn
 
 from continuonbrain.hope.config import HopeConfig
 from continuonbrain.hope.layers import RMS_EPS, ActionScaler, Normalizer, RMSNorm, as_float_tensor
-from continuonbrain.hope.pixels import PixelEncoder
+from continuonbrain.hope.pixels import POOLED_PREFIX, PixelEncoder
 from continuonbrain.hope.ssm import SSMStack, SSMState
 
 __all__ = ["FastLoop", "FastLoopNumpy", "FastLoopNumpyState"]
@@ -134,17 +135,22 @@ class FastLoop(nn.Module):
         return self._head(y, normalized)
 
     def batch_image_features(self, batch: Mapping[str, Any]) -> Tensor | None:
-        """A window batch's raw image features: ``batch["image_features"]`` (precomputed once
-        per frame by the trainer) or, failing that, :attr:`pixels` run on ``batch["images"]``."""
+        """A window batch's raw image features, from (first found) ``batch["image_features"]``
+        (a frozen encoder's, precomputed once per frame by the trainer), the pooled frames
+        ``batch[POOLED_PREFIX + key]`` (cached by the trainer for an encoder trained end to end:
+        encoded here, with gradients), or the frames ``batch["images"]``."""
         if self.pixels is None:
             return None
         feats = batch.get("image_features")
         if feats is not None:
             return as_float_tensor(feats, self.in_proj.weight.device)
+        if all(POOLED_PREFIX + k in batch for k in self.pixels.keys):
+            return self.pixels.encode_prepared({k: batch[POOLED_PREFIX + k] for k in self.pixels.keys})
         images = batch.get("images")
         if not images:
             raise ValueError(
-                f"this Fast loop reads images {self.pixels.keys}: the batch needs 'image_features' or 'images'"
+                f"this Fast loop reads images {self.pixels.keys}: the batch needs 'image_features', "
+                f"pooled frames ({POOLED_PREFIX}<key>) or 'images'"
             )
         return self.pixels(images)
 

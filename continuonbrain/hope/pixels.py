@@ -1,35 +1,32 @@
-"""The Fast loop's eyes: a frozen copy of the VQ-VAE's conv encoder, read at every tick.
+"""The Fast loop's eyes: a small conv encoder of its own, read at every tick.
 
 A camera-only robot (a Donkeycar: one 160x120 frame, ``[angle, throttle]``) gives the Fast
 loop no state vector, and the Mid loop's context reaches it only every ``mid_every`` ticks,
 through the bottleneck of a few quantised tokens. So the Fast loop reads the camera itself:
-:class:`PixelEncoder` holds, per image key, the same :class:`~continuonbrain.hope.vqvae.ConvEncoder`
-as the VQ-VAE, with the trained VQ-VAE's weights copied in (:meth:`PixelEncoder.load_from_vqvae`)
-and frozen, and gives its **continuous, unquantised** ``image_feature_dim`` feature per key,
-standardised by statistics fitted from the training frames.
+:class:`PixelEncoder` holds, per image key, a :class:`~continuonbrain.hope.vqvae.ConvEncoder`
+of the VQ-VAE's architecture and gives its **continuous** ``image_feature_dim`` feature per
+key, standardised by statistics fitted from the training frames at the start of training.
 
-Why a frozen copy of the VQ-VAE's encoder (decision, measured in BENCHMARKS.md "Pixel reflex"):
+How it gets its weights is ``fast.pixel_encoder`` (decision, measured in BENCHMARKS.md
+"Pixel reflex" on drive2d, lap progress as a share of the expert's on unseen tracks):
 
-* Cheap to train: the encoder is frozen, so the Fast loop's training encodes every frame of
-  the data **once** (:func:`~continuonbrain.trainer.hope_data.with_image_features`, cached
-  per episode) and the SSM then trains on windows of 64-float features, as fast as on a
-  state vector. End-to-end fine-tuning would run the conv net forwards and backwards on every
-  frame of every window of every step, about 100x the Fast loop's training cost on a Pi.
-* Cheap to act: one conv pass per tick on the pooled frame (three stride-2 convs and a
-  projection, ~5 M multiply-adds at 80x60 from 160x120): ``BrainService.act`` p50 0.62 ms,
-  p99 1.06 ms with one torch thread (``bench/bench_camera.py``), so a numpy conv was not
-  needed.
-* Self-contained: the copy lives in ``fast_loop.safetensors``, so a Fast loop acts without
-  the VQ-VAE and never silently reads features from a VQ-VAE retrained after it.
-* The VQ-VAE is trained first anyway (the Mid loop's tokenizer), to reconstruct the whole
-  frame: its features keep what a steering policy needs (where the lane lines are), because a
-  reconstruction that lost them would be far off.
+* ``"trained"`` (default): random init, trained end to end with the SSM on the action loss.
+  The steering loss decides what the convs keep; the Fast loop needs no VQ-VAE.
+* ``"vqvae_finetuned"``: the trained VQ-VAE's encoder copied in (:meth:`load_from_vqvae`),
+  then trained end to end. Worse than from scratch: the reconstruction optimum is a poor start.
+* ``"vqvae_frozen"``: that copy, frozen; the features are then computed once per frame
+  (:func:`~continuonbrain.trainer.hope_data.with_image_features`) and the SSM trains on
+  64-float windows, the cheapest option, and the worst driver (~80%): the encoder was trained
+  to reconstruct the frame, and keeps what a reconstruction needs, not what steering needs.
 
-Measured on drive2d (21k expert frames, 20 unseen tracks, BENCHMARKS.md "Pixel reflex"):
-the shipped config reaches 88.8% of the expert's lap progress (71-80% when a loaded machine
-cut the VQ-VAE to 65-74 of its 300 steps); the Mid context on top changed nothing (79.4%
-against 79.6%),
-so the shipped config keeps ``fast.use_context`` off and the Mid loop is the world model.
+Frames are first average-pooled to at most ``vqvae.max_image_side`` pixels a side and rounded
+back to ``uint8`` (:meth:`PixelEncoder.prepare`). Training caches the pooled frames of every
+episode once (14.4 kB a 160x120 frame, :func:`~continuonbrain.trainer.hope_data.with_pixel_frames`)
+instead of decoding JPEGs at every step, and acting runs the same ``prepare`` on the live
+frame, so the encoder sees identical inputs in both. Acting costs one conv pass per tick
+(three stride-2 convs and a projection, ~5 M multiply-adds at 80x60): ``BrainService.act``
+p99 about 1 ms with one torch thread (``bench/bench_camera.py``), so no numpy conv is needed.
+The encoder lives in ``fast_loop.safetensors``: a Fast loop acts without any VQ-VAE.
 """
 
 from __future__ import annotations
@@ -43,9 +40,13 @@ from torch import Tensor, nn
 
 from continuonbrain.hope.config import HopeConfig, pool_factor
 from continuonbrain.hope.layers import Normalizer
-from continuonbrain.hope.vqvae import ConvEncoder, checked_images
+from continuonbrain.hope.vqvae import ConvEncoder, checked_images, images_to_unit, pool_frames
 
-__all__ = ["FEATURE_CHUNK", "PixelEncoder"]
+__all__ = ["FEATURE_CHUNK", "POOLED_PREFIX", "PixelEncoder"]
+
+#: Name prefix of an episode's (and a window batch's) pooled frames of one image key, as the
+#: trainer caches them for an end-to-end trained encoder: ``POOLED_PREFIX + key``.
+POOLED_PREFIX = "pooled_frames:"
 
 #: Frames encoded at once when featurising a whole episode: bounds the conv activations
 #: (about 0.4 MB per 160x120 frame) whatever the episode's length.
@@ -53,11 +54,12 @@ FEATURE_CHUNK = 256
 
 
 class PixelEncoder(nn.Module):
-    """Per image key a frozen conv encoder; ``forward(images)`` -> raw features ``[..., F]``.
+    """Per image key a conv encoder; ``forward(images)`` -> raw features ``[..., F]``.
 
     ``F = len(image_keys) * vqvae.image_feature_dim``, keys in ``config.image_keys`` order.
     ``normalizer`` (fitted by :meth:`fit_normalizer`) standardises them; the Fast loop applies
     it (and its numpy export folds it into the input weights), so ``forward`` stays raw.
+    Trainable unless ``fast.pixel_encoder`` is ``"vqvae_frozen"`` (see the module doc).
     """
 
     def __init__(self, config: HopeConfig):
@@ -65,23 +67,21 @@ class PixelEncoder(nn.Module):
         c = config.vqvae
         self.keys = list(config.image_keys)
         self.shapes = config.image_shape_tuples
+        self.pools = {k: pool_factor(self.shapes[k], c.max_image_side) for k in self.keys}
         self.encoders = nn.ModuleDict(
             {
-                k: ConvEncoder(
-                    self.shapes[k],
-                    list(c.conv_channels),
-                    c.image_feature_dim,
-                    pool_factor(self.shapes[k], c.max_image_side),
-                )
+                k: ConvEncoder(self.shapes[k], list(c.conv_channels), c.image_feature_dim, self.pools[k])
                 for k in self.keys
             }
         )
         self.dim = c.image_feature_dim * len(self.keys)
         self.normalizer = Normalizer(self.dim)
-        self.requires_grad_(False)
+        self.frozen = config.fast.pixel_encoder == "vqvae_frozen"
+        if self.frozen:
+            self.requires_grad_(False)
 
     def load_from_vqvae(self, vqvae: nn.Module) -> None:
-        """Copy the trained VQ-VAE's image encoders (frozen here; the VQ-VAE is not changed)."""
+        """Copy the trained VQ-VAE's image encoders (the VQ-VAE is not changed)."""
         for key in self.keys:
             self.encoders[key].load_state_dict(vqvae.image_encoders[key].state_dict())  # type: ignore[index]
 
@@ -89,9 +89,11 @@ class PixelEncoder(nn.Module):
         """Standardise from raw features ``[..., F]`` of the training frames."""
         self.normalizer.fit(features)
 
-    def forward(self, images: Mapping[str, Any]) -> Tensor:
-        """``{key: uint8 [..., H, W, C]}`` -> raw features ``[..., F]`` (float32)."""
-        feats, lead = [], None
+    def prepare(self, images: Mapping[str, Any]) -> dict[str, Tensor]:
+        """``{key: uint8 [..., H, W, C]}`` -> ``{key: uint8 [..., h, w, C]}``, each frame
+        average-pooled by its key's factor and rounded: what the convs read, whether the frame
+        comes from the camera now or from the trainer's cache (:meth:`encode_prepared`)."""
+        out, lead = {}, None
         device = self.normalizer.mean.device
         for key in self.keys:
             x, lead = checked_images(
@@ -102,11 +104,32 @@ class PixelEncoder(nn.Module):
                 device,
                 expected=f"the Fast loop reads images {self.keys}",
                 lead_of="the other images",
+                to_unit=False,
             )
-            feats.append(self.encoders[key](x.permute(0, 3, 1, 2)))
+            pooled = pool_frames(x.permute(0, 3, 1, 2), self.pools[key]).clamp_(0, 255).round_()
+            out[key] = pooled.to(torch.uint8).permute(0, 2, 3, 1).reshape(*lead, *pooled.shape[2:], pooled.shape[1])
+        return out
+
+    def encode_prepared(self, pooled: Mapping[str, Any]) -> Tensor:
+        """``{key: uint8 [..., h, w, C]}`` (:meth:`prepare` output) -> raw features ``[..., F]``
+        (float32; with gradients to the convs unless frozen)."""
+        feats, lead = [], None
+        device = self.normalizer.mean.device
+        for key in self.keys:
+            if key not in pooled:
+                raise ValueError(f"pooled frames of image {key!r} are missing (the Fast loop reads {self.keys})")
+            x = torch.as_tensor(pooled[key], device=device)
+            if lead is None:
+                lead = tuple(x.shape[:-3])
+            x = images_to_unit(x.reshape(-1, *x.shape[-3:])).permute(0, 3, 1, 2)
+            feats.append(self.encoders[key].encode_pooled(x))
         assert lead is not None
         out = torch.cat(feats, dim=-1) if len(feats) > 1 else feats[0]
         return out.reshape(*lead, self.dim)
+
+    def forward(self, images: Mapping[str, Any]) -> Tensor:
+        """``{key: uint8 [..., H, W, C]}`` -> raw features ``[..., F]`` (float32)."""
+        return self.encode_prepared(self.prepare(images))
 
     @torch.inference_mode()
     def features(self, images: Mapping[str, np.ndarray]) -> np.ndarray:

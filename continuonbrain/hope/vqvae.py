@@ -186,7 +186,11 @@ class ConvEncoder(nn.Module):
         self.proj = nn.Linear(c * hs[-1] * ws[-1], feature_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.silu(self.proj(self.convs(pool_frames(x, self.pool)).flatten(1)))
+        return self.encode_pooled(pool_frames(x, self.pool))
+
+    def encode_pooled(self, x: Tensor) -> Tensor:
+        """:meth:`forward` on frames already pooled by ``pool`` (``[M, C, h, w]``)."""
+        return F.silu(self.proj(self.convs(x).flatten(1)))
 
 
 class ConvDecoder(nn.Module):
@@ -231,12 +235,14 @@ def checked_images(
     *,
     expected: str,
     lead_of: str,
+    to_unit: bool = True,
 ) -> tuple[Tensor, tuple[int, ...]]:
     """Image ``key`` of ``images`` checked and flattened -> (``[M, H, W, C]`` in ``[-1, 1]``, its
     leading dims). It must be there and end in ``shape``; its leading dims must be ``lead`` (those
     of the inputs read before it; None: it sets them). The VQVAE and the pixel encoder read their
     cameras by these rules, so a bad frame gets the same error from both; ``expected`` says what
-    was expected when the image is missing, ``lead_of`` whose leading dims it had to match."""
+    was expected when the image is missing, ``lead_of`` whose leading dims it had to match.
+    ``to_unit=False`` keeps the pixel values (float32 in ``[0, 255]``) instead of ``[-1, 1]``."""
     if key not in images:
         raise ValueError(f"image {key!r} is missing ({expected})")
     img = torch.as_tensor(images[key])
@@ -245,7 +251,8 @@ def checked_images(
     ilead = tuple(img.shape[:-3])
     if lead is not None and ilead != lead:
         raise ValueError(f"image {key!r} has leading dims {ilead}, {lead_of} {lead}")
-    return images_to_unit(img.reshape(-1, *shape).to(device)), ilead
+    flat = img.reshape(-1, *shape).to(device)
+    return (images_to_unit(flat) if to_unit else flat.float()), ilead
 
 
 def unit_to_uint8(img: Tensor) -> Tensor:

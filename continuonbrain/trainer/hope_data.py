@@ -10,9 +10,10 @@ VQ-VAE's conv encoder. Which component sees what follows what the brain does whe
 * the Mid loop learns over the tokens of both (its windows carry the images, tokenized by
   the frozen VQ-VAE),
 * the Fast loop sees the state vector, every tick each frame's continuous conv feature
-  (``fast.image_features``: a frozen copy of the trained VQ-VAE's encoder, see
-  :mod:`~continuonbrain.hope.pixels`), computed once per frame by :func:`with_image_features`
-  and cached, and, with ``fast.use_context``, the Mid loop's context, which
+  (``fast.image_features``, see :mod:`~continuonbrain.hope.pixels`): from its own encoder,
+  trained with it on the action loss, reading pooled frames cached once per episode
+  (:func:`with_pixel_frames`), or, from a frozen encoder, features computed once per frame
+  (:func:`with_image_features`); and, with ``fast.use_context``, the Mid loop's context, which
   :func:`with_mid_context` computes from the state *and* the images, as the brain does every
   ``mid_every`` ticks.
 
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from continuonbrain.hope import HopeConfig
+from continuonbrain.hope.pixels import POOLED_PREFIX
 from continuonbrain.rlds import Episode
 from continuonbrain.rlds.episode import ImageColumn
 from continuonbrain.rlds.windows import FastWindowDataset, MidTrajectoryDataset, WindowDataset, open_source
@@ -57,6 +59,7 @@ __all__ = [
     "with_codes",
     "with_image_features",
     "with_mid_context",
+    "with_pixel_frames",
 ]
 
 #: Frames tokenized at once when computing an episode's Mid context: bounds the conv
@@ -321,6 +324,35 @@ def _episode_key(ep: Episode) -> tuple[str | None, str, int]:
     return (ep.source, ep.episode_id, len(ep))
 
 
+def _cached_extras(
+    source: Callable[[], Iterator[Episode]], compute: Callable[[Episode], dict[str, np.ndarray]]
+) -> EpochSource:
+    """Episodes of ``source`` carrying ``compute(ep)`` in their ``extras``, computed once per
+    episode (keyed by source, id and length) and kept for every later epoch: what a frozen
+    network makes of an episode cannot change between epochs. Passes the epoch on."""
+    cache: dict[tuple[str | None, str, int], dict[str, np.ndarray]] = {}
+
+    def episodes(epoch: int) -> Iterator[Episode]:
+        for ep in open_source(source, epoch):
+            key = _episode_key(ep)
+            extras = cache.get(key)
+            if extras is None:
+                with torch.no_grad():
+                    extras = cache[key] = compute(ep)
+            ep.extras.update(extras)
+            yield ep
+
+    return EpochSource(episodes)
+
+
+def _chunks(ep: Episode, image_keys: Sequence[str], chunk: int) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
+    """``(start, stop, {key: uint8 [n, H, W, C]})`` over an episode, ``chunk`` frames at a time
+    (decoded only then: a whole episode's frames would not fit a Pi's memory)."""
+    for start in range(0, len(ep), chunk):
+        stop = min(start + chunk, len(ep))
+        yield start, stop, {k: torch.from_numpy(_frames(ep.observation[k], start, stop)) for k in image_keys}
+
+
 def with_image_features(
     source: Callable[[], Iterator[Episode]],
     pixels: nn.Module,
@@ -328,31 +360,44 @@ def with_image_features(
     chunk: int = TOKENIZE_CHUNK,
 ) -> EpochSource:
     """Episodes carrying the raw camera features of every step (``extras["image_features"]``,
-    ``float32 [T, F]``): what the Fast loop's frozen :class:`~continuonbrain.hope.pixels.PixelEncoder`
-    makes of each frame, as the brain computes it every tick.
+    ``float32 [T, F]``): what a **frozen** :class:`~continuonbrain.hope.pixels.PixelEncoder`
+    (``fast.pixel_encoder="vqvae_frozen"``, or a seed's encoder under an adapter) makes of
+    each frame, as the brain computes it every tick. Cached per episode (``F * 4`` bytes a
+    frame, 5 MB for 20,000 frames of one 64-feature camera): later epochs skip decoding and
+    the conv net."""
 
-    Frames are decoded and encoded ``chunk`` at a time, and each episode's features are kept
-    (keyed by source, id and length; ``F * 4`` bytes per frame, 5 MB for 20,000 frames of one
-    64-feature camera), so later epochs skip decoding and the conv net: the encoder is frozen,
-    the features cannot change. The result passes the epoch on to ``source``."""
-    cache: dict[tuple[str | None, str, int], np.ndarray] = {}
+    def compute(ep: Episode) -> dict[str, np.ndarray]:
+        feats = np.empty((len(ep), pixels.dim), np.float32)  # type: ignore[arg-type]
+        for start, stop, frames in _chunks(ep, image_keys, chunk):
+            feats[start:stop] = pixels(frames).numpy()
+        return {"image_features": feats}
 
-    @torch.no_grad()
-    def episodes(epoch: int) -> Iterator[Episode]:
-        for ep in open_source(source, epoch):
-            key = _episode_key(ep)
-            feats = cache.get(key)
-            if feats is None:
-                feats = np.empty((len(ep), pixels.dim), np.float32)  # type: ignore[arg-type]
-                for start in range(0, len(ep), chunk):
-                    stop = min(start + chunk, len(ep))
-                    frames = {k: torch.from_numpy(_frames(ep.observation[k], start, stop)) for k in image_keys}
-                    feats[start:stop] = pixels(frames).numpy()
-                cache[key] = feats
-            ep.extras["image_features"] = feats
-            yield ep
+    return _cached_extras(source, compute)
 
-    return EpochSource(episodes)
+
+def with_pixel_frames(
+    source: Callable[[], Iterator[Episode]],
+    pixels: nn.Module,
+    image_keys: Sequence[str],
+    chunk: int = TOKENIZE_CHUNK,
+) -> EpochSource:
+    """Episodes carrying every frame pooled for the Fast loop's encoder
+    (``extras[POOLED_PREFIX + key]``, ``uint8 [T, h, w, C]``, :meth:`PixelEncoder.prepare
+    <continuonbrain.hope.pixels.PixelEncoder.prepare>`): what an encoder trained end to end
+    reads at every step. Decoding a JPEG per frame per window at every step would cost more
+    than the convs; pooled frames are cached instead (14.4 kB a 160x120 frame pooled to
+    80x60: 290 MB for 20,000 frames), so each is decoded once per run."""
+
+    def compute(ep: Episode) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for start, stop, frames in _chunks(ep, image_keys, chunk):
+            for key, pooled in pixels.prepare(frames).items():  # type: ignore[operator]
+                if key not in out:
+                    out[key] = np.empty((len(ep), *pooled.shape[1:]), np.uint8)
+                out[key][start:stop] = pooled.numpy()
+        return {POOLED_PREFIX + k: v for k, v in out.items()}
+
+    return _cached_extras(source, compute)
 
 
 def with_codes(
@@ -369,30 +414,39 @@ def with_codes(
     so tokenizing their frames at every step would decode and encode ``batch_size * L``
     frames per step (1,280 for 32 two-second windows at 20 Hz: minutes per hundred steps on a
     Pi) where the frozen tokenizer gives the same codes every epoch."""
-    cache: dict[tuple[str | None, str, int], np.ndarray] = {}
 
-    @torch.no_grad()
-    def episodes(epoch: int) -> Iterator[Episode]:
-        for ep in open_source(source, epoch):
-            key = _episode_key(ep)
-            codes = cache.get(key)
-            if codes is None:
-                obs = ep.observation_vector(keys)
-                codes = cache[key] = _episode_codes(ep, vqvae, obs, image_keys, chunk)[0].numpy()
-            ep.extras["codes"] = codes
-            yield ep
+    def compute(ep: Episode) -> dict[str, np.ndarray]:
+        obs = ep.observation_vector(keys)
+        return {"codes": _episode_codes(ep, vqvae, obs, image_keys, chunk)[0].numpy()}
 
-    return EpochSource(episodes)
+    return _cached_extras(source, compute)
 
 
-def sample_image_features(cfg: SequentialConfig, source: Callable[[], Iterator[Episode]]) -> np.ndarray:
-    """Raw image features of the first ``normalizer_episodes`` episodes of a
-    :func:`with_image_features` source, to fit the Fast loop's feature normaliser."""
+#: Frames per episode that fit the image feature normaliser of an encoder trained end to end
+#: (evenly spaced): encoding every frame of 200 episodes would cost more than it tells.
+NORMALIZER_FRAMES_PER_EPISODE = 64
+
+
+def sample_image_features(
+    cfg: SequentialConfig, source: Callable[[], Iterator[Episode]], pixels: nn.Module | None = None
+) -> np.ndarray:
+    """Raw image features of the first ``normalizer_episodes`` episodes of ``source``, to fit
+    the Fast loop's feature normaliser: a :func:`with_image_features` source's features, or,
+    with ``pixels``, what that (untrained) encoder makes of up to
+    :data:`NORMALIZER_FRAMES_PER_EPISODE` pooled frames of each episode of a
+    :func:`with_pixel_frames` source."""
     rows = []
     for i, ep in enumerate(source()):
         if i >= cfg.normalizer_episodes:
             break
-        rows.append(ep.extras["image_features"])
+        if pixels is None:
+            rows.append(ep.extras["image_features"])
+            continue
+        pooled = {k[len(POOLED_PREFIX) :]: v for k, v in ep.extras.items() if k.startswith(POOLED_PREFIX)}
+        n = len(ep)
+        idx = np.unique(np.linspace(0, n - 1, min(n, NORMALIZER_FRAMES_PER_EPISODE)).round().astype(int))
+        with torch.no_grad():
+            rows.append(pixels.encode_prepared({k: torch.from_numpy(v[idx]) for k, v in pooled.items()}).numpy())  # type: ignore[operator]
     return np.concatenate(rows)
 
 

@@ -120,6 +120,7 @@ from continuonbrain.trainer.hope_data import (
     with_codes,
     with_image_features,
     with_mid_context,
+    with_pixel_frames,
 )
 from continuonbrain.trainer.metrics import (
     EventFile,
@@ -319,8 +320,8 @@ class SequentialTrainer:
         deps = dict(DEPENDENCIES)
         if hope_cfg.fast.use_context:
             deps["fast_loop"] = ("vqvae", "mid_loop")
-        elif hope_cfg.fast_image_dim:  # the Fast loop's eyes are a copy of the VQ-VAE's encoder
-            deps["fast_loop"] = ("vqvae",)
+        elif hope_cfg.fast_image_dim and hope_cfg.fast.pixel_encoder != "trained":
+            deps["fast_loop"] = ("vqvae",)  # the Fast loop's eyes start as a copy of the VQ-VAE's encoder
         available = (
             {p.stem for p in self.components_dir.glob("*.safetensors")} if self.components_dir.exists() else set()
         )
@@ -330,8 +331,29 @@ class SequentialTrainer:
                     raise TrainingError(
                         f"{name} needs a trained {dep}: put {dep} before {name} in 'order' "
                         f"(or set model.fast.use_context=false for a Fast loop without Mid context, and "
-                        f"model.fast.image_features=false for one that reads no camera features)"
+                        f'model.fast.pixel_encoder="trained" for camera features learned from scratch)'
                     )
+
+    def _pixel_source(
+        self, pixels: nn.Module, hope_cfg: HopeConfig, cfg: SequentialConfig, source: Callable[[], Iterator[Episode]]
+    ) -> Callable[[], Iterator[Episode]]:
+        """The Fast loop reads the camera every tick through its own conv encoder
+        (``fast.pixel_encoder``): copied from the trained VQ-VAE unless ``"trained"`` (from
+        scratch); frozen, every frame is featurised once (cached), else the pooled frames are
+        cached and the encoder trains with the SSM. Either way the feature normaliser is fitted
+        on the first episodes, with the encoder as training starts."""
+        mode = hope_cfg.fast.pixel_encoder
+        if mode != "trained":
+            vqvae = load_component(self.components_dir, "vqvae", hope_cfg)
+            pixels.load_from_vqvae(vqvae)  # type: ignore[operator]
+            del vqvae
+        if mode == "vqvae_frozen":
+            source = with_image_features(source, pixels, hope_cfg.image_keys)
+            pixels.fit_normalizer(sample_image_features(cfg, source))  # type: ignore[operator]
+        else:
+            source = with_pixel_frames(source, pixels, hope_cfg.image_keys)
+            pixels.fit_normalizer(sample_image_features(cfg, source, pixels))  # type: ignore[operator]
+        return source
 
     # -- one component
 
@@ -357,13 +379,7 @@ class SequentialTrainer:
             if hope_cfg.image_keys:  # tokenize every frame once, not every window at every step
                 source = with_codes(source, helper, keys, hope_cfg.image_keys)
         if name == "fast_loop" and hope_cfg.fast_image_dim:
-            # The Fast loop reads the camera every tick through a frozen copy of the VQ-VAE's
-            # encoder: featurise every frame once (cached), standardise from the first episodes.
-            vqvae = load_component(self.components_dir, "vqvae", hope_cfg)
-            module.pixels.load_from_vqvae(vqvae)
-            del vqvae
-            source = with_image_features(source, module.pixels, hope_cfg.image_keys)
-            module.pixels.fit_normalizer(sample_image_features(cfg, source))
+            source = self._pixel_source(module.pixels, hope_cfg, cfg, source)
         if name == "fast_loop" and hope_cfg.fast.use_context:
             vqvae = load_component(self.components_dir, "vqvae", hope_cfg)
             mid = load_component(self.components_dir, "mid_loop", hope_cfg)
