@@ -237,6 +237,48 @@ def test_training_reads_the_pooled_frames_the_brain_reads_when_it_acts(tmp_path:
         np.testing.assert_allclose(pixels.features({CAM: frame}), trained_on[t], rtol=0, atol=1e-6)
 
 
+def test_exposure_and_white_balance_do_not_change_what_a_trained_encoder_sees() -> None:
+    """``"trained"`` standardises each frame per channel: a frame under other light (a gain and
+    an offset per channel) gives the same features, up to the uint8 rounding of the frame."""
+    cfg = HopeConfig(obs_dim=0, image_keys=[CAM], image_shapes={CAM: [48, 64, 3]}, **TINY)
+    torch.manual_seed(0)
+    pixels = FastLoop(cfg).pixels.eval()
+    frame = frames((48, 64), 1)[0].astype(np.float64)
+    relit = np.clip(frame * np.array([0.7, 0.9, 1.2]) + np.array([20.0, -5.0, 3.0]), 0, 255)
+    assert np.abs(relit - frame).mean() > 10
+    a, b = (pixels.features({CAM: f.round().astype(np.uint8)}) for f in (frame, relit))
+    np.testing.assert_allclose(a, b, atol=0.02 * np.abs(a).max())
+    vqvae_style = FastLoop(
+        cfg.model_copy(update={"fast": cfg.fast.model_copy(update={"pixel_encoder": "vqvae_frozen"})})
+    )
+    c, d = (vqvae_style.pixels.features({CAM: f.round().astype(np.uint8)}) for f in (frame, relit))
+    assert np.abs(c - d).max() > 3 * np.abs(a - b).max()  # the negative control: raw frames differ more
+
+
+def test_colour_channels_are_shuffled_in_training_windows_only() -> None:
+    from continuonbrain.hope.pixels import POOLED_PREFIX
+
+    cfg = HopeConfig(
+        obs_dim=0,
+        image_keys=[CAM],
+        image_shapes={CAM: [24, 32, 3]},
+        **{**TINY, "fast": {**TINY["fast"], "channel_shuffle": 1.0}},
+    )
+    torch.manual_seed(0)
+    fast = FastLoop(cfg)
+    rng = np.random.default_rng(0)
+    batch = {POOLED_PREFIX + CAM: torch.from_numpy(rng.integers(0, 255, (8, 2, 24, 32, 3), dtype=np.uint8))}
+    with torch.no_grad():
+        fast.eval()
+        plain = fast.batch_image_features(batch)
+        np.testing.assert_array_equal(plain, fast.batch_image_features(batch))
+        fast.train()
+        shuffled = fast.batch_image_features(batch)
+    assert shuffled.shape == plain.shape == (8, 2, 8)
+    changed = (shuffled - plain).abs().amax(dim=(1, 2)) > 1e-6
+    assert changed.sum() >= 4, "with channel_shuffle 1, most windows get another channel order"
+
+
 # --- kill -9 and resume with images ---------------------------------------------------------------
 
 

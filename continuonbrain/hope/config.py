@@ -162,7 +162,8 @@ class FastLoopConfig(ConfigModel):
     ``image_feature_dim``, ``max_image_side``) gets its weights:
 
     * ``"trained"`` (default): from scratch, trained end to end with the SSM on the action loss,
-      so it learns what steering needs. The Fast loop then needs no VQ-VAE.
+      so it learns what steering needs, on frames standardised one by one (per channel: any
+      exposure or white balance reads the same). The Fast loop then needs no VQ-VAE.
     * ``"vqvae_finetuned"``: starts from the trained VQ-VAE's encoder, then trained end to end.
     * ``"vqvae_frozen"``: a frozen copy of the trained VQ-VAE's encoder (features computed once
       per frame, the cheapest to train; issue 14's first design).
@@ -170,6 +171,13 @@ class FastLoopConfig(ConfigModel):
     Measured on drive2d (BENCHMARKS.md, "Pixel reflex"): lap progress of the expert's on unseen
     tracks, frozen ~80%, fine-tuned ~88%, trained ~93%+: an encoder trained to reconstruct
     80-px frames keeps the wrong details for steering."""
+    channel_shuffle: float = Field(0.5, ge=0.0, le=1.0)
+    """Training only, for an encoder that trains (``pixel_encoder`` not ``"vqvae_frozen"``): the
+    probability that a training window's frames get their colour channels in a random order
+    (one permutation per window). With ``"trained"``'s per-frame standardisation it makes the
+    reflex steer by the road's shape, not its colours: trained on 15 drive2d tracks, unseen
+    tracks with a ground colour no training track had were where it left the road
+    (BENCHMARKS.md, "Pixel reflex"). 0: off."""
     use_context: bool = True
     """Feed the Mid loop's context (zeros when absent). False: the Fast loop ignores it. Camera
     observations no longer need it (``image_features`` reads the frame every tick; for the

@@ -8,16 +8,24 @@ of the VQ-VAE's architecture and gives its **continuous** ``image_feature_dim`` 
 key, standardised by statistics fitted from the training frames at the start of training.
 
 How it gets its weights is ``fast.pixel_encoder`` (decision, measured in BENCHMARKS.md
-"Pixel reflex" on drive2d, lap progress as a share of the expert's on unseen tracks):
+"Pixel reflex" on drive2d, lap progress on 50 unseen tracks after training on 15):
 
-* ``"trained"`` (default): random init, trained end to end with the SSM on the action loss.
-  The steering loss decides what the convs keep; the Fast loop needs no VQ-VAE.
+* ``"trained"`` (default): random init, trained end to end with the SSM on the action loss,
+  on frames standardised one by one (:func:`standardize_frames`) and, in training, with the
+  colour channels of half the windows shuffled (:func:`shuffle_channels`,
+  ``fast.channel_shuffle``). The steering loss decides what the convs keep, and the road's
+  colours cannot be what they key on. The Fast loop needs no VQ-VAE. ~98%.
 * ``"vqvae_finetuned"``: the trained VQ-VAE's encoder copied in (:meth:`load_from_vqvae`),
-  then trained end to end. Worse than from scratch: the reconstruction optimum is a poor start.
+  then trained end to end (raw frames, as the VQ-VAE saw them). ~88%.
 * ``"vqvae_frozen"``: that copy, frozen; the features are then computed once per frame
   (:func:`~continuonbrain.trainer.hope_data.with_image_features`) and the SSM trains on
-  64-float windows, the cheapest option, and the worst driver (~80%): the encoder was trained
-  to reconstruct the frame, and keeps what a reconstruction needs, not what steering needs.
+  64-float windows: the cheapest to train, and the worst driver (~80%). The encoder was
+  trained to reconstruct the frame and keeps what a reconstruction needs, not what steering
+  needs.
+
+Trained end to end on raw frames the reflex reached ~87-89% whatever the encoder's size or
+resolution; its failures were unseen tracks whose ground had a colour no training track had,
+which standardising and shuffling took away (a per-channel colour jitter did ~97%).
 
 Frames are first average-pooled to at most ``vqvae.max_image_side`` pixels a side and rounded
 back to ``uint8`` (:meth:`PixelEncoder.prepare`). Training caches the pooled frames of every
@@ -42,7 +50,14 @@ from continuonbrain.hope.config import HopeConfig, pool_factor
 from continuonbrain.hope.layers import Normalizer
 from continuonbrain.hope.vqvae import ConvEncoder, checked_images, images_to_unit, pool_frames
 
-__all__ = ["FEATURE_CHUNK", "POOLED_PREFIX", "PixelEncoder"]
+__all__ = [
+    "FEATURE_CHUNK",
+    "FRAME_STD_FLOOR",
+    "POOLED_PREFIX",
+    "PixelEncoder",
+    "shuffle_channels",
+    "standardize_frames",
+]
 
 #: Name prefix of an episode's (and a window batch's) pooled frames of one image key, as the
 #: trainer caches them for an end-to-end trained encoder: ``POOLED_PREFIX + key``.
@@ -51,6 +66,36 @@ POOLED_PREFIX = "pooled_frames:"
 #: Frames encoded at once when featurising a whole episode: bounds the conv activations
 #: (about 0.4 MB per 160x120 frame) whatever the episode's length.
 FEATURE_CHUNK = 256
+
+
+#: Floor of a frame's per-channel standard deviation (pixel values in ``[-1, 1]``) in
+#: :func:`standardize_frames`, so a flat frame (a lens cap, a dark garage) is not blown up into noise.
+FRAME_STD_FLOOR = 0.05
+
+
+def standardize_frames(x: Tensor) -> Tensor:
+    """``[M, C, h, w]`` -> each frame's channels shifted to mean 0 and scaled to std 1 (floored).
+
+    The camera car's failures were colour failures: trained on 15 tracks, the reflex left the
+    road on unseen ones whose ground had a colour no training track had (BENCHMARKS.md, "Pixel
+    reflex"). A real camera changes exposure and white balance in the same way. Standardising
+    each frame removes any per-channel gain and offset exactly, at training and when acting,
+    for two reductions a frame."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    std = x.std(dim=(2, 3), keepdim=True)
+    return (x - mean) / (std + FRAME_STD_FLOOR)
+
+
+def shuffle_channels(x: Tensor, p: float) -> Tensor:
+    """``[B, ..., C]`` frames -> the same with, for each of the ``B`` samples with probability
+    ``p``, the channels in a random order (all frames of a sample alike: a window stays one
+    scene). Draws from torch's global RNG, which training checkpoints, so a resumed run draws
+    what the uninterrupted one did."""
+    b, c = x.shape[0], x.shape[-1]
+    chosen = torch.rand(b, device=x.device) < p
+    order = torch.argsort(torch.rand(b, c, device=x.device), dim=1)
+    order = torch.where(chosen[:, None], order, torch.arange(c, device=x.device)[None])
+    return x.gather(-1, order.reshape(b, *([1] * (x.dim() - 2)), c).expand_as(x))
 
 
 class PixelEncoder(nn.Module):
@@ -77,6 +122,8 @@ class PixelEncoder(nn.Module):
         self.dim = c.image_feature_dim * len(self.keys)
         self.normalizer = Normalizer(self.dim)
         self.frozen = config.fast.pixel_encoder == "vqvae_frozen"
+        #: Only an encoder of its own sees standardised frames: the VQ-VAE's saw raw ones.
+        self.standardize = config.fast.pixel_encoder == "trained"
         if self.frozen:
             self.requires_grad_(False)
 
@@ -110,18 +157,23 @@ class PixelEncoder(nn.Module):
             out[key] = pooled.to(torch.uint8).permute(0, 2, 3, 1).reshape(*lead, *pooled.shape[2:], pooled.shape[1])
         return out
 
-    def encode_prepared(self, pooled: Mapping[str, Any]) -> Tensor:
+    def encode_prepared(self, pooled: Mapping[str, Any], channel_shuffle: float = 0.0) -> Tensor:
         """``{key: uint8 [..., h, w, C]}`` (:meth:`prepare` output) -> raw features ``[..., F]``
-        (float32; with gradients to the convs unless frozen)."""
+        (float32; with gradients to the convs unless frozen). ``channel_shuffle`` (training):
+        see :func:`shuffle_channels`."""
         feats, lead = [], None
         device = self.normalizer.mean.device
         for key in self.keys:
             if key not in pooled:
                 raise ValueError(f"pooled frames of image {key!r} are missing (the Fast loop reads {self.keys})")
             x = torch.as_tensor(pooled[key], device=device)
+            if channel_shuffle > 0:
+                x = shuffle_channels(x, channel_shuffle)
             if lead is None:
                 lead = tuple(x.shape[:-3])
             x = images_to_unit(x.reshape(-1, *x.shape[-3:])).permute(0, 3, 1, 2)
+            if self.standardize:
+                x = standardize_frames(x)
             feats.append(self.encoders[key].encode_pooled(x))
         assert lead is not None
         out = torch.cat(feats, dim=-1) if len(feats) > 1 else feats[0]

@@ -111,7 +111,8 @@ class SequentialConfig(ConfigModel):
     order: list[ComponentName] = Field(default_factory=lambda: list(COMPONENT_ORDER), min_length=1)
     """Components to train, in order; each must come after the ones it depends on
     (mid_loop needs vqvae; fast_loop with ``model.fast.use_context`` needs mid_loop, and on
-    camera observations with ``model.fast.image_features`` the vqvae whose encoder it copies)."""
+    camera observations with ``model.fast.pixel_encoder`` ``"vqvae_finetuned"`` or
+    ``"vqvae_frozen"`` the vqvae whose encoder it copies; the default ``"trained"`` needs none)."""
     model: dict[str, Any] = Field(default_factory=dict)
     """HopeConfig fields (see continuonbrain/hope/config.py). ``obs_dim``/``action_dim`` are
     taken from the data when absent."""
@@ -124,7 +125,7 @@ class SequentialConfig(ConfigModel):
     VQ-VAE's conv encoder tokenizes with the state vector. Empty: every camera key of the first
     episode (encoded frames or ``uint8 [T, H, W, C]`` arrays), unless ``model.image_keys`` is
     given (``[]``: no cameras). They feed the VQ-VAE, the Mid loop and, every tick, the Fast loop
-    (``model.fast.image_features``: a frozen copy of the VQ-VAE's encoder; see
+    (``model.fast.image_features``: its own conv encoder, trained with it on the action loss; see
     continuonbrain/hope/pixels.py), as when the brain acts. ``model.image_shapes`` defaults to
     the first episode's first frame, any size. Observations may hold images only (no numeric
     key: ``obs_dim`` 0, a Donkeycar tub).
