@@ -41,15 +41,16 @@ CAR_DART_SIGMA = 0.3
 #: Unseen tracks driven in the evaluation (base seed 1000, as the arm's).
 CAR_EVAL_EPISODES = 10
 #: Dotted overrides of the shipped config for the demo's time budget: fewer VQ-VAE and Mid
-#: loop steps (the Fast loop keeps its 1,000: the reflex is what drives) and tighter wall-time
-#: caps (the config's own budget mechanism), so training takes at most ~3.5 minutes of the
-#: segment's 5 however busy the machine; on a busy one fewer steps are trained, as on a hot Pi.
+#: loop steps (the world model; the Fast loop keeps its 1,000: the reflex is what drives, and
+#: it trains its own conv encoder, ~0.12 s a step on two cores) and tighter wall-time caps (the
+#: config's own budget mechanism), so training takes at most ~3.5 minutes of the segment's 5
+#: however busy the machine; on a busy one fewer steps are trained, as on a hot Pi.
 CAR_OVERRIDES: dict[str, Any] = {
     "components.vqvae.max_steps": 150,
-    "components.vqvae.max_wall_time_s": 100,
+    "components.vqvae.max_wall_time_s": 60,
     "components.mid_loop.max_steps": 50,
     "components.mid_loop.max_wall_time_s": 30,
-    "components.fast_loop.max_wall_time_s": 80,
+    "components.fast_loop.max_wall_time_s": 120,
 }
 CACHE_KEY = "car_on_drive2d"
 
