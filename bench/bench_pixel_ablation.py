@@ -12,6 +12,8 @@ step budgets) and one ``--set``:
 
 * ``default``: the shipped config (``pixel_encoder`` ``"trained"``, ``channel_shuffle`` 0.5);
 * ``no-shuffle``: ``"trained"`` without the colour-channel shuffle (frames still standardised);
+* ``raw-frames``: ``"trained"`` on raw frames (no per-frame standardisation), with the shuffle;
+* ``raw-frames-no-shuffle``: ``"trained"`` on raw frames, no shuffle: plain end to end;
 * ``vqvae_finetuned``: the VQ-VAE's encoder copied in, then trained end to end;
 * ``vqvae_frozen``: the VQ-VAE's encoder copied in and frozen (issue 14's first design).
 
@@ -43,6 +45,8 @@ LIFT_WALL_CAPS = [f"components.{c}.max_wall_time_s=3600" for c in ("vqvae", "mid
 VARIANTS: dict[str, list[str]] = {
     "default": [],
     "no-shuffle": ["model.fast.channel_shuffle=0"],
+    "raw-frames": ["model.fast.standardize_frames=false"],
+    "raw-frames-no-shuffle": ["model.fast.standardize_frames=false", "model.fast.channel_shuffle=0"],
     "vqvae_finetuned": ['model.fast.pixel_encoder="vqvae_finetuned"'],
     "vqvae_frozen": ['model.fast.pixel_encoder="vqvae_frozen"'],
 }
@@ -89,6 +93,7 @@ def main() -> int:
     p.add_argument("--eval-seed", type=int, default=2000)
     p.add_argument("--work", type=Path, default=Path("/tmp/continuonbrain-bench-drive-proof"))
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "pixel_ablation.json")
+    p.add_argument("--merge", action="store_true", help="keep the variants already in --out")
     args = p.parse_args()
     tubs, data = record_tubs(args.work, args.tracks, DART_SIGMA)
     results: dict[str, Any] = {
@@ -98,6 +103,8 @@ def main() -> int:
         "eval_seed": args.eval_seed,
         "variants": {},
     }
+    if args.merge and args.out.exists():
+        results["variants"] = json.loads(args.out.read_text())["variants"]
     logs = args.work / "ablation"
     results["expert"] = evaluate("expert", None, tubs, args, logs / "eval-expert.json")
     for name in args.variants.split(","):

@@ -171,6 +171,11 @@ class FastLoopConfig(ConfigModel):
     Measured on drive2d (BENCHMARKS.md, "Pixel reflex"): lap progress of the expert's on unseen
     tracks, frozen ~80%, fine-tuned ~88%, trained ~93%+: an encoder trained to reconstruct
     80-px frames keeps the wrong details for steering."""
+    standardize_frames: bool = True
+    """With ``pixel_encoder`` ``"trained"``: standardise each frame per colour channel before
+    the convs (:func:`~continuonbrain.hope.pixels.standardize_frames`), at training and when
+    acting, so any exposure or white balance reads the same. The ``"vqvae_*"`` encoders always
+    read raw frames (the VQ-VAE was trained on them)."""
     channel_shuffle: float = Field(0.5, ge=0.0, le=1.0)
     """Training only, for an encoder that trains (``pixel_encoder`` not ``"vqvae_frozen"``): the
     probability that a training window's frames get their colour channels in a random order

@@ -123,7 +123,7 @@ class PixelEncoder(nn.Module):
         self.normalizer = Normalizer(self.dim)
         self.frozen = config.fast.pixel_encoder == "vqvae_frozen"
         #: Only an encoder of its own sees standardised frames: the VQ-VAE's saw raw ones.
-        self.standardize = config.fast.pixel_encoder == "trained"
+        self.standardize = config.fast.pixel_encoder == "trained" and config.fast.standardize_frames
         if self.frozen:
             self.requires_grad_(False)
 
