@@ -168,9 +168,9 @@ class FastLoopConfig(ConfigModel):
     * ``"vqvae_frozen"``: a frozen copy of the trained VQ-VAE's encoder (features computed once
       per frame, the cheapest to train; issue 14's first design).
 
-    Measured on drive2d (BENCHMARKS.md, "Pixel reflex"): lap progress of the expert's on unseen
-    tracks, frozen ~80%, fine-tuned ~88%, trained ~93%+: an encoder trained to reconstruct
-    80-px frames keeps the wrong details for steering."""
+    Measured on drive2d (``bench/bench_pixel_ablation.py``, BENCHMARKS.md "Drive2d proof"), lap
+    progress on 50 unseen tracks: trained 100%, fine-tuned 98%, frozen 81%: an encoder trained
+    to reconstruct 80-px frames keeps the wrong details for steering."""
     standardize_frames: bool = True
     """With ``pixel_encoder`` ``"trained"``: standardise each frame per colour channel before
     the convs (:func:`~continuonbrain.hope.pixels.standardize_frames`), at training and when
