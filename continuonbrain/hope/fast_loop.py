@@ -145,7 +145,7 @@ class FastLoop(nn.Module):
         if feats is not None:
             return as_float_tensor(feats, self.in_proj.weight.device)
         if all(POOLED_PREFIX + k in batch for k in self.pixels.keys):
-            shuffle = self.config.fast.channel_shuffle if self.training and not self.pixels.frozen else 0.0
+            shuffle = self.config.fast.channel_shuffle if self.training else 0.0  # a frozen encoder gets features
             return self.pixels.encode_prepared({k: batch[POOLED_PREFIX + k] for k in self.pixels.keys}, shuffle)
         images = batch.get("images")
         if not images:

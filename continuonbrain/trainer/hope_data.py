@@ -328,8 +328,9 @@ def _cached_extras(
     source: Callable[[], Iterator[Episode]], compute: Callable[[Episode], dict[str, np.ndarray]]
 ) -> EpochSource:
     """Episodes of ``source`` carrying ``compute(ep)`` in their ``extras``, computed once per
-    episode (keyed by source, id and length) and kept for every later epoch: what a frozen
-    network makes of an episode cannot change between epochs. Passes the epoch on."""
+    episode (keyed by source, id and length) and kept for every later epoch: ``compute`` must
+    not change between epochs (a frozen network's output, or the pooled frames). Passes the
+    epoch on."""
     cache: dict[tuple[str | None, str, int], dict[str, np.ndarray]] = {}
 
     def episodes(epoch: int) -> Iterator[Episode]:
@@ -442,11 +443,11 @@ def sample_image_features(
         if pixels is None:
             rows.append(ep.extras["image_features"])
             continue
-        pooled = {k[len(POOLED_PREFIX) :]: v for k, v in ep.extras.items() if k.startswith(POOLED_PREFIX)}
         n = len(ep)
         idx = np.unique(np.linspace(0, n - 1, min(n, NORMALIZER_FRAMES_PER_EPISODE)).round().astype(int))
+        pooled = {k: torch.from_numpy(ep.extras[POOLED_PREFIX + k][idx]) for k in pixels.keys}  # type: ignore[union-attr]
         with torch.no_grad():
-            rows.append(pixels.encode_prepared({k: torch.from_numpy(v[idx]) for k, v in pooled.items()}).numpy())  # type: ignore[operator]
+            rows.append(pixels.encode_prepared(pooled).numpy())  # type: ignore[operator]
     return np.concatenate(rows)
 
 

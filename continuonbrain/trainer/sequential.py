@@ -335,7 +335,7 @@ class SequentialTrainer:
                     )
 
     def _pixel_source(
-        self, pixels: nn.Module, hope_cfg: HopeConfig, cfg: SequentialConfig, source: Callable[[], Iterator[Episode]]
+        self, pixels: nn.Module, hope_cfg: HopeConfig, source: Callable[[], Iterator[Episode]]
     ) -> Callable[[], Iterator[Episode]]:
         """The Fast loop reads the camera every tick through its own conv encoder
         (``fast.pixel_encoder``): copied from the trained VQ-VAE unless ``"trained"`` (from
@@ -349,10 +349,10 @@ class SequentialTrainer:
             del vqvae
         if mode == "vqvae_frozen":
             source = with_image_features(source, pixels, hope_cfg.image_keys)
-            pixels.fit_normalizer(sample_image_features(cfg, source))  # type: ignore[operator]
+            pixels.fit_normalizer(sample_image_features(self.cfg, source))  # type: ignore[operator]
         else:
             source = with_pixel_frames(source, pixels, hope_cfg.image_keys)
-            pixels.fit_normalizer(sample_image_features(cfg, source, pixels))  # type: ignore[operator]
+            pixels.fit_normalizer(sample_image_features(self.cfg, source, pixels))  # type: ignore[operator]
         return source
 
     # -- one component
@@ -379,7 +379,7 @@ class SequentialTrainer:
             if hope_cfg.image_keys:  # tokenize every frame once, not every window at every step
                 source = with_codes(source, helper, keys, hope_cfg.image_keys)
         if name == "fast_loop" and hope_cfg.fast_image_dim:
-            source = self._pixel_source(module.pixels, hope_cfg, cfg, source)
+            source = self._pixel_source(module.pixels, hope_cfg, source)
         if name == "fast_loop" and hope_cfg.fast.use_context:
             vqvae = load_component(self.components_dir, "vqvae", hope_cfg)
             mid = load_component(self.components_dir, "mid_loop", hope_cfg)
